@@ -1,0 +1,9 @@
+//! Everything a Paddock guest can touch. A device never depends on the VM builder: the `vmm` crate
+//! wires these models to KVM.
+
+pub mod bus;
+pub mod exit;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use exit::{ExitRequest, ExitSignal};

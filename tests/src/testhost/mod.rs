@@ -1,0 +1,1 @@
+//! KVM test host: see docs/testing.md.

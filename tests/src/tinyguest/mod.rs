@@ -1,0 +1,1 @@
+//! Tiny guests assembled in Rust.

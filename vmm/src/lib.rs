@@ -1,0 +1,7 @@
+//! Paddock's VM: KVM wrappers, guest memory, x86_64 boot, vCPU threads and the VM lifecycle.
+
+pub mod arch;
+pub mod kvm;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
