@@ -1,0 +1,6 @@
+//! `paddock-bench`: measurements of real guests, with peers run in the same invocation.
+
+pub mod boot;
+pub mod probe;
+pub mod stats;
+pub mod vmms;
