@@ -28,3 +28,13 @@ pub const ACPI_RESET_VALUE: u8 = 0x01;
 pub const ACPI_S5_SLP_TYP: u8 = 5;
 /// SLP_EN bit of the sleep control register.
 pub const ACPI_SLP_EN: u8 = 1 << 5;
+
+pub mod acpi_pm;
+pub mod debug_port;
+pub mod i8042;
+pub mod serial;
+
+pub use acpi_pm::{AcpiPm, ACPI_PM_PORT_SPAN};
+pub use debug_port::{DebugPort, PostCodes};
+pub use i8042::{I8042, I8042_PORT_SPAN};
+pub use serial::{SerialConsole, SerialError, SERIAL_PORT_SPAN};
