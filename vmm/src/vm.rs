@@ -1,1 +1,301 @@
-//! KVM wrappers.
+//! Building and running a VM: Created -> Running -> Shutdown.
+
+use crate::arch::x86_64 as arch;
+use crate::kvm::{self, KvmError};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
+use devices::legacy;
+use devices::{Bus, BusDevice, ExitRequest, ExitSignal};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Address of the TSS KVM needs on Intel hosts (three pages just below the BIOS area at 4 GiB).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_size: u64,
+    /// Where the guest's COM1 output goes.
+    pub serial_out: Box<dyn Write + Send>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("--cpus 0: a VM needs at least one vCPU")]
+    NoVcpus,
+    #[error("--cpus {asked}: this host's KVM allows at most {max} vCPUs per VM")]
+    TooManyVcpus { asked: usize, max: usize },
+    #[error("kernel {path}: {source}: give --kernel the path of a bzImage or ELF vmlinux")]
+    KernelFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initramfs {path}: {source}: give --initramfs the path of a cpio archive")]
+    InitramfsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel {path}: {source}")]
+    Boot {
+        path: PathBuf,
+        source: arch::BootError,
+    },
+    #[error("setting up vCPU {id}: {source}")]
+    VcpuSetup {
+        id: u8,
+        source: arch::VcpuSetupError,
+    },
+    #[error("{what} failed: {source}")]
+    Ioctl {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("placing a device on the I/O bus: {0}")]
+    Bus(#[from] devices::BusError),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest asked for a reset (reboot, or a panic with `panic=N`); Paddock ends the run.
+    Reset,
+    /// A vCPU stopped with an exit Paddock cannot handle.
+    Fault(VcpuFault),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    Created,
+    Running,
+    Shutdown,
+}
+
+pub struct Vm {
+    state: VmState,
+    // Field order matters for drop: vCPUs and the VM fd go before the memory they point into.
+    vcpus: Vec<Vcpu>,
+    handles: Vec<VcpuHandle>,
+    control: Arc<RunControl>,
+    _vm_fd: VmFd,
+    _kvm: Kvm,
+    _pio: Arc<Bus>,
+    _mmio: Arc<Bus>,
+    _mem: GuestMemoryMmap,
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { what, source }
+}
+
+impl Vm {
+    /// Validates the configuration, creates the VM, loads the kernel and sets up every vCPU.
+    /// Nothing outside this process is created, so an error leaves nothing behind.
+    pub fn create(cfg: VmConfig) -> Result<Self, VmError> {
+        if cfg.vcpus == 0 {
+            return Err(VmError::NoVcpus);
+        }
+        let mut kernel =
+            std::fs::File::open(&cfg.kernel).map_err(|source| VmError::KernelFile {
+                path: cfg.kernel.clone(),
+                source,
+            })?;
+        let mut initramfs = match &cfg.initramfs {
+            Some(path) => {
+                Some(
+                    std::fs::File::open(path).map_err(|source| VmError::InitramfsFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        memory::check_size(cfg.mem_size)?;
+
+        let kvm = kvm::open()?;
+        let max = kvm::max_vcpus(&kvm);
+        if usize::from(cfg.vcpus) > max {
+            return Err(VmError::TooManyVcpus {
+                asked: cfg.vcpus.into(),
+                max,
+            });
+        }
+        let vm_fd = kvm::create_vm(&kvm)?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+
+        let mem = memory::create_anonymous(&arch::ram_regions(cfg.mem_size))?;
+        memory::register_with_kvm(&vm_fd, &mem)?;
+
+        let entry = arch::load_linux(
+            &mem,
+            &mut kernel,
+            initramfs.as_mut(),
+            &cfg.cmdline,
+            cfg.vcpus,
+        )
+        .map_err(|source| VmError::Boot {
+            path: cfg.kernel.clone(),
+            source,
+        })?;
+
+        let exit = ExitSignal::new().map_err(io("creating the exit eventfd"))?;
+        let control = Arc::new(RunControl::new(exit.clone()).map_err(io("creating an eventfd"))?);
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
+
+        let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
+        for id in 0..cfg.vcpus {
+            let fd = vm_fd
+                .create_vcpu(id.into())
+                .map_err(ioctl("KVM_CREATE_VCPU"))?;
+            arch::configure_vcpu(&kvm, &fd, id, cfg.vcpus, &entry, &mem)
+                .map_err(|source| VmError::VcpuSetup { id, source })?;
+            vcpus.push(Vcpu {
+                id,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                control: control.clone(),
+            });
+        }
+
+        Ok(Self {
+            state: VmState::Created,
+            vcpus,
+            handles: Vec::new(),
+            control,
+            _vm_fd: vm_fd,
+            _kvm: kvm,
+            _pio: pio,
+            _mmio: mmio,
+            _mem: mem,
+        })
+    }
+
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    /// Starts every vCPU thread.
+    pub fn start(&mut self) -> Result<(), VmError> {
+        for vcpu in self.vcpus.drain(..) {
+            let handle = vcpu.start().map_err(io("starting a vCPU thread"))?;
+            self.handles.push(handle);
+        }
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    /// Blocks until the guest powers off, resets, or a vCPU faults; then stops every vCPU.
+    pub fn wait(&mut self) -> Outcome {
+        let exit_fd = self.control.exit.eventfd().as_raw_fd();
+        let fault_fd = self.control.fault_eventfd().as_raw_fd();
+        let outcome = loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: exit_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: fault_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd structs that lives across the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if let Some(fault) = self.control.fault() {
+                break Outcome::Fault(fault);
+            }
+            match self.control.exit.requested() {
+                Some(ExitRequest::PowerOff) => break Outcome::PowerOff,
+                Some(ExitRequest::Reset) => break Outcome::Reset,
+                None => {}
+            }
+        };
+        self.stop_vcpus();
+        outcome
+    }
+
+    fn stop_vcpus(&mut self) {
+        self.control.request_stop();
+        // Kick until every thread has left KVM_RUN: a kick sent just before a thread re-enters
+        // KVM_RUN is lost, so one kick is not enough.
+        for _ in 0..500 {
+            if self.handles.iter().all(|h| h.is_finished()) {
+                break;
+            }
+            self.handles.iter().for_each(VcpuHandle::kick);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for h in self.handles.drain(..) {
+            if h.is_finished() {
+                h.join();
+            } else {
+                log::error!("a vCPU thread did not stop; leaving it behind");
+            }
+        }
+        self.state = VmState::Shutdown;
+    }
+}
+
+fn add_legacy_devices(
+    vm_fd: &VmFd,
+    pio: &Bus,
+    exit: ExitSignal,
+    serial_out: Box<dyn Write + Send>,
+) -> Result<(), VmError> {
+    let serial_irq = EventFd::new(0).map_err(io("creating the serial irq eventfd"))?;
+    vm_fd
+        .register_irqfd(&serial_irq, legacy::COM1_IRQ)
+        .map_err(ioctl("KVM_IRQFD for COM1"))?;
+    let serial: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(
+        legacy::serial::SerialConsole::new(serial_irq, serial_out),
+    ));
+    pio.insert(serial, legacy::COM1_PORT.into(), 8)?;
+    let i8042: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(legacy::i8042::I8042::new(exit.clone())));
+    pio.insert(i8042, legacy::I8042_DATA_PORT.into(), 5)?;
+    let post: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(legacy::debug_port::DebugPort::new()));
+    pio.insert(post, legacy::DEBUG_PORT.into(), 1)?;
+    let pm: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(legacy::acpi_pm::AcpiPm::new(exit)));
+    pio.insert(pm, legacy::ACPI_SLEEP_CONTROL_PORT.into(), 3)?;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Command line: `paddock run ...`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "paddock",
+    version,
+    about = "A rootless VMM for Kubernetes pods and local runs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a guest. Without --kernel, boots the default guest and runs CMD in it.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel: a bzImage, or an ELF vmlinux (entered through PVH when it has the PVH note).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (cpio archive, compressed or not).
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line (replaces the default `console=ttyS0 panic=1 quiet ...`).
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// vCPUs: `N` or `boot=N`.
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub cpus: String,
+    /// Guest RAM: `SIZE` or `size=SIZE` (K, M, G suffixes; a bare number is MiB).
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+    /// Guest serial console: `stdout`, `file=PATH` or `off`.
+    #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]
+    pub serial: String,
+    /// Command to run in the guest (the default guest's /init runs it and reports its status).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

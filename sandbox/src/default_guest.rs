@@ -1,0 +1,159 @@
+//! The default guest built by `resources/guest/build.sh`: where it is, how a command reaches its
+//! `/init` (words after ` -- ` on the kernel command line), and how its exit status comes back
+//! (a `PADDOCK-GUEST-EXIT <status>` line on the serial console).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+/// Kernel command line used when the user gives none. `quiet` matters: every console byte is a VM exit.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 panic=1 quiet";
+
+const EXIT_MARKER: &str = "PADDOCK-GUEST-EXIT ";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefaultGuestError {
+    #[error("no --kernel given and no default guest found (looked in {looked}): run resources/guest/build.sh or set PADDOCK_GUEST_DIR")]
+    NotFound { looked: String },
+    #[error("guest command argument `{0}` contains a double quote, which the kernel command line cannot carry")]
+    Quote(String),
+}
+
+pub struct DefaultGuest {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+fn candidate_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("PADDOCK_GUEST_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    // target/release/paddock -> target/guest
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(target) = exe.parent().and_then(Path::parent) {
+            dirs.push(target.join("guest"));
+        }
+        if let Some(bin) = exe.parent() {
+            dirs.push(bin.join("../guest"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/share/paddock/guest"));
+    dirs
+}
+
+pub fn locate() -> Result<DefaultGuest, DefaultGuestError> {
+    let dirs = candidate_dirs();
+    for dir in &dirs {
+        let kernel = dir.join("vmlinuz");
+        let initramfs = dir.join("initramfs.cpio.gz");
+        if kernel.is_file() && initramfs.is_file() {
+            return Ok(DefaultGuest { kernel, initramfs });
+        }
+    }
+    Err(DefaultGuestError::NotFound {
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Appends ` -- CMD...` so that the kernel hands the words to /init as its arguments.
+pub fn append_command(cmdline: &str, command: &[String]) -> Result<String, DefaultGuestError> {
+    if command.is_empty() {
+        return Ok(cmdline.to_string());
+    }
+    let mut out = format!("{cmdline} --");
+    for arg in command {
+        if arg.contains('"') {
+            return Err(DefaultGuestError::Quote(arg.clone()));
+        }
+        out.push(' ');
+        if arg.is_empty() || arg.contains(char::is_whitespace) {
+            out.push('"');
+            out.push_str(arg);
+            out.push('"');
+        } else {
+            out.push_str(arg);
+        }
+    }
+    Ok(out)
+}
+
+/// Passes serial output through while watching for the guest's exit-status line.
+pub struct ExitWatcher<W> {
+    inner: W,
+    line: Vec<u8>,
+    status: Arc<AtomicI32>,
+}
+
+pub const NO_STATUS: i32 = -1;
+
+impl<W: Write> ExitWatcher<W> {
+    pub fn new(inner: W) -> (Self, Arc<AtomicI32>) {
+        let status = Arc::new(AtomicI32::new(NO_STATUS));
+        (
+            Self {
+                inner,
+                line: Vec::new(),
+                status: status.clone(),
+            },
+            status,
+        )
+    }
+
+    fn end_of_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        if let Some(pos) = text.find(EXIT_MARKER) {
+            let rest = text[pos + EXIT_MARKER.len()..].trim();
+            if let Ok(code) = rest.parse::<i32>() {
+                self.status.store(code, Ordering::Release);
+            }
+        }
+        self.line.clear();
+    }
+}
+
+impl<W: Write> Write for ExitWatcher<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                self.end_of_line();
+            } else if self.line.len() < 256 {
+                self.line.push(b);
+            }
+        }
+        self.inner.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_words_and_quotes() {
+        let c = append_command("quiet", &["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
+        assert_eq!(c, "quiet -- sh -c \"exit 7\"");
+        assert_eq!(append_command("quiet", &[]).unwrap(), "quiet");
+        assert!(append_command("q", &["a\"b".into()]).is_err());
+    }
+
+    #[test]
+    fn watcher_finds_status_across_writes() {
+        let (mut w, status) = ExitWatcher::new(Vec::new());
+        w.write_all(b"hello\r\nPADDOCK-GUEST-EX").unwrap();
+        assert_eq!(status.load(Ordering::Acquire), NO_STATUS);
+        w.write_all(b"IT 7\r\n").unwrap();
+        assert_eq!(status.load(Ordering::Acquire), 7);
+        assert_eq!(w.inner, b"hello\r\nPADDOCK-GUEST-EXIT 7\r\n");
+    }
+}

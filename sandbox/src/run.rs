@@ -1,0 +1,94 @@
+//! `paddock run`: boot a guest and map how it ended to an exit status.
+
+use crate::cli::RunArgs;
+use crate::config::{self, SerialTarget};
+use crate::default_guest::{self, ExitWatcher, NO_STATUS};
+use crate::{EXIT_CANNOT_START, EXIT_GUEST_FAILED};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use vmm::vm::{Outcome, Vm, VmConfig};
+
+fn cannot_start(err: impl std::fmt::Display) -> ExitCode {
+    eprintln!("paddock: {err}");
+    ExitCode::from(EXIT_CANNOT_START)
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let vcpus = match config::parse_cpus(&args.cpus) {
+        Ok(n) => n,
+        Err(e) => return cannot_start(e),
+    };
+    let mem_size = match config::parse_memory(&args.memory) {
+        Ok(n) => n,
+        Err(e) => return cannot_start(e),
+    };
+    let serial = match config::parse_serial(&args.serial) {
+        Ok(s) => s,
+        Err(e) => return cannot_start(e),
+    };
+    let (kernel, initramfs) = match args.kernel {
+        Some(k) => (k, args.initramfs),
+        None => match default_guest::locate() {
+            Ok(g) => (g.kernel, Some(args.initramfs.unwrap_or(g.initramfs))),
+            Err(e) => return cannot_start(e),
+        },
+    };
+    let base = args
+        .cmdline
+        .unwrap_or_else(|| default_guest::DEFAULT_CMDLINE.to_string());
+    let cmdline = match default_guest::append_command(&base, &args.command) {
+        Ok(c) => c,
+        Err(e) => return cannot_start(e),
+    };
+    let out: Box<dyn Write + Send> = match serial {
+        SerialTarget::Stdout => Box::new(std::io::stdout()),
+        SerialTarget::Off => Box::new(std::io::sink()),
+        SerialTarget::File(path) => match std::fs::File::create(&path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                return cannot_start(format!(
+                    "--serial file={}: {e}: choose a writable path",
+                    path.display()
+                ))
+            }
+        },
+    };
+    let (watcher, guest_status) = ExitWatcher::new(out);
+
+    let cfg = VmConfig {
+        kernel,
+        initramfs,
+        cmdline,
+        vcpus,
+        mem_size,
+        serial_out: Box::new(watcher),
+    };
+    let mut vm = match Vm::create(cfg) {
+        Ok(vm) => vm,
+        Err(e) => return cannot_start(e),
+    };
+    if let Err(e) = vm.start() {
+        return cannot_start(e);
+    }
+    let outcome = vm.wait();
+    let _ = std::io::stdout().flush();
+    match outcome {
+        Outcome::PowerOff => {
+            let status = guest_status.load(Ordering::Acquire);
+            if args.command.is_empty() || status == NO_STATUS {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(status.clamp(0, 255) as u8)
+            }
+        }
+        Outcome::Reset => {
+            eprintln!("paddock: the guest reset (reboot, or a kernel panic with panic=N); Paddock does not reboot guests, the run ends");
+            ExitCode::from(EXIT_GUEST_FAILED)
+        }
+        Outcome::Fault(fault) => {
+            eprintln!("paddock: {fault}");
+            ExitCode::from(EXIT_GUEST_FAILED)
+        }
+    }
+}
