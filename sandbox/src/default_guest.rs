@@ -126,7 +126,9 @@ impl<W: Write> Write for ExitWatcher<W> {
                 self.line.push(b);
             }
         }
+        // Unbuffered: a shell prompt has no newline and must still show.
         self.inner.write_all(buf)?;
+        self.inner.flush()?;
         Ok(buf.len())
     }
 

@@ -41,10 +41,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return cannot_start(e),
     };
-    let out: Box<dyn Write + Send> = match serial {
+    let out: Box<dyn Write + Send> = match &serial {
         SerialTarget::Stdout => Box::new(std::io::stdout()),
         SerialTarget::Off => Box::new(std::io::sink()),
-        SerialTarget::File(path) => match std::fs::File::create(&path) {
+        SerialTarget::File(path) => match std::fs::File::create(path) {
             Ok(f) => Box::new(f),
             Err(e) => {
                 return cannot_start(format!(
@@ -53,6 +53,10 @@ pub fn run(args: RunArgs) -> ExitCode {
                 ))
             }
         },
+    };
+    let serial_in: Option<Box<dyn std::io::Read + Send>> = match serial {
+        SerialTarget::Stdout => Some(Box::new(std::io::stdin())),
+        _ => None,
     };
     let (watcher, guest_status) = ExitWatcher::new(out);
 
@@ -63,6 +67,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         vcpus,
         mem_size,
         serial_out: Box::new(watcher),
+        serial_in,
     };
     let mut vm = match Vm::create(cfg) {
         Ok(vm) => vm,

@@ -5,10 +5,11 @@ use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
 use devices::legacy;
+use devices::legacy::serial::{SerialConsole, SERIAL_PORT_SPAN};
 use devices::{Bus, BusDevice, ExitRequest, ExitSignal};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub struct VmConfig {
     pub mem_size: u64,
     /// Where the guest's COM1 output goes.
     pub serial_out: Box<dyn Write + Send>,
+    /// Console input for the guest (the host's stdin), read on its own thread.
+    pub serial_in: Option<Box<dyn Read + Send>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +179,10 @@ impl Vm {
         let control = Arc::new(RunControl::new(exit.clone()).map_err(io("creating an eventfd"))?);
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
-        add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
+        let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
+        if let Some(input) = cfg.serial_in {
+            spawn_serial_input(serial, input).map_err(io("starting the serial input thread"))?;
+        }
 
         let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
         for id in 0..cfg.vcpus {
@@ -280,15 +286,13 @@ fn add_legacy_devices(
     pio: &Bus,
     exit: ExitSignal,
     serial_out: Box<dyn Write + Send>,
-) -> Result<(), VmError> {
+) -> Result<Arc<Mutex<SerialConsole>>, VmError> {
     let serial_irq = EventFd::new(0).map_err(io("creating the serial irq eventfd"))?;
     vm_fd
         .register_irqfd(&serial_irq, legacy::COM1_IRQ)
         .map_err(ioctl("KVM_IRQFD for COM1"))?;
-    let serial: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(
-        legacy::serial::SerialConsole::new(serial_irq, serial_out),
-    ));
-    pio.insert(serial, legacy::COM1_PORT.into(), 8)?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, serial_out)));
+    pio.insert(serial.clone(), legacy::COM1_PORT.into(), SERIAL_PORT_SPAN)?;
     let i8042: Arc<Mutex<dyn BusDevice>> =
         Arc::new(Mutex::new(legacy::i8042::I8042::new(exit.clone())));
     pio.insert(i8042, legacy::I8042_DATA_PORT.into(), 5)?;
@@ -297,5 +301,38 @@ fn add_legacy_devices(
     pio.insert(post, legacy::DEBUG_PORT.into(), 1)?;
     let pm: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(legacy::acpi_pm::AcpiPm::new(exit)));
     pio.insert(pm, legacy::ACPI_SLEEP_CONTROL_PORT.into(), 3)?;
-    Ok(())
+    Ok(serial)
+}
+
+/// Feeds host input to the guest console; waits while the guest has not drained the FIFO.
+fn spawn_serial_input(
+    serial: Arc<Mutex<SerialConsole>>,
+    mut input: Box<dyn Read + Send>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("serial-in".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = input.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut pending = &buf[..n];
+                while !pending.is_empty() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .enqueue_input(pending);
+                    match taken {
+                        Ok(0) => std::thread::sleep(Duration::from_millis(5)),
+                        Ok(k) => pending = &pending[k..],
+                        Err(e) => {
+                            log::warn!("{e}");
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+        .map(|_| ())
 }
