@@ -490,3 +490,165 @@ fn acpi_tables_that_do_not_fit_are_refused() {
     let err = acpi::write_tables(&mem, 1, &[], &[huge]).expect_err("too large");
     assert!(matches!(err, acpi::AcpiError::TooLarge { .. }), "{err}");
 }
+
+/// A VM with the in-kernel irqchip, or None (test skipped, said on stderr) without /dev/kvm.
+fn kvm_vm() -> Option<(kvm_ioctls::Kvm, kvm_ioctls::VmFd)> {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: no /dev/kvm on this machine");
+        return None;
+    }
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+    vm.create_irq_chip().expect("KVM_CREATE_IRQCHIP");
+    Some((kvm, vm))
+}
+
+fn cpuid_leaf(
+    vcpu: &kvm_ioctls::VcpuFd,
+    function: u32,
+    index: u32,
+) -> Option<kvm_bindings::kvm_cpuid_entry2> {
+    let cpuid = vcpu
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .expect("KVM_GET_CPUID2");
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == function && e.index == index)
+        .copied()
+}
+
+fn msr(vcpu: &kvm_ioctls::VcpuFd, index: u32) -> u64 {
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .expect("msr list");
+    assert_eq!(vcpu.get_msrs(&mut msrs).expect("KVM_GET_MSRS"), 1);
+    msrs.as_slice()[0].data
+}
+
+#[test]
+fn configure_vcpu_enters_long_mode_on_the_boot_vcpu_only() {
+    let Some((kvm, vm)) = kvm_vm() else { return };
+    let mem = guest_mem(64 * MIB);
+    let entry = EntryPoint::Linux64 {
+        rip: GuestAddress(0x10_0200),
+        boot_params: GuestAddress(layout::ZERO_PAGE_START),
+    };
+    let bsp = vm.create_vcpu(0).expect("create vCPU 0");
+    configure_vcpu(&kvm, &bsp, 0, 2, &entry, &mem).expect("configure vCPU 0");
+
+    let sregs = bsp.get_sregs().expect("KVM_GET_SREGS");
+    assert_eq!(sregs.cr0, regs::CR0_PE | regs::CR0_ET | regs::CR0_PG);
+    assert_eq!(sregs.cr4 & regs::CR4_PAE, regs::CR4_PAE);
+    assert_eq!(
+        sregs.efer & (regs::EFER_LME | regs::EFER_LMA),
+        regs::EFER_LME | regs::EFER_LMA
+    );
+    assert_eq!(sregs.cr3, layout::PML4_START);
+    assert_eq!((sregs.gdt.base, sregs.gdt.limit), (layout::GDT_START, 47));
+    assert_eq!(
+        (sregs.cs.selector, sregs.cs.l, sregs.cs.db, sregs.cs.present),
+        (0x10, 1, 0, 1)
+    );
+    assert_eq!(
+        (sregs.ds.selector, sregs.ss.selector, sregs.es.selector),
+        (0x18, 0x18, 0x18)
+    );
+    assert_eq!((sregs.tr.selector, sregs.tr.type_), (0x20, 0xb));
+    let code: u64 = mem
+        .read_obj(GuestAddress(layout::GDT_START + 0x10))
+        .expect("read GDT");
+    assert_eq!(code, 0x00af_9b00_0000_ffff);
+    let regs = bsp.get_regs().expect("KVM_GET_REGS");
+    assert_eq!(
+        (regs.rip, regs.rsi, regs.rflags),
+        (0x10_0200, layout::ZERO_PAGE_START, 2)
+    );
+    assert_eq!(regs.rsp, layout::BOOT_STACK_POINTER);
+
+    let fpu = bsp.get_fpu().expect("KVM_GET_FPU");
+    assert_eq!(fpu.fcw, regs::FPU_CONTROL_WORD);
+    // kvm_pvm neither stores nor returns MXCSR through KVM_SET/GET_FPU (it reads back 0 whatever
+    // was set); a real KVM returns what was set.
+    if fpu.mxcsr != 0 {
+        assert_eq!(fpu.mxcsr, regs::MXCSR_DEFAULT);
+    }
+    assert_eq!(msr(&bsp, msrs::MSR_MTRR_DEF_TYPE), 0x806);
+    assert_eq!(msr(&bsp, msrs::MSR_IA32_MISC_ENABLE) & 1, 1);
+    assert_eq!(msr(&bsp, msrs::MSR_IA32_SYSENTER_CS), 0);
+    let lapic = bsp.get_lapic().expect("KVM_GET_LAPIC");
+    assert_eq!(
+        lapic::read_register(&lapic, lapic::APIC_LVT_LINT0) & 0x700,
+        0x700
+    );
+    assert_eq!(
+        lapic::read_register(&lapic, lapic::APIC_LVT_LINT1) & 0x700,
+        0x400
+    );
+
+    let leaf1 = cpuid_leaf(&bsp, 1, 0).expect("leaf 1");
+    assert_eq!(leaf1.ebx >> 24, 0);
+    assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");
+
+    let ap = vm.create_vcpu(1).expect("create vCPU 1");
+    let reset_regs = ap.get_regs().expect("KVM_GET_REGS");
+    configure_vcpu(&kvm, &ap, 1, 2, &entry, &mem).expect("configure vCPU 1");
+    assert_eq!(cpuid_leaf(&ap, 1, 0).expect("leaf 1").ebx >> 24, 1);
+    if let Some(core_level) = cpuid_leaf(&ap, 0xb, 1) {
+        assert_eq!(
+            (core_level.edx, core_level.ebx, (core_level.ecx >> 8) & 0xff),
+            (1, 2, 2)
+        );
+    }
+    let ap_regs = ap.get_regs().expect("KVM_GET_REGS");
+    assert_eq!(
+        (ap_regs.rip, ap_regs.rsi),
+        (reset_regs.rip, reset_regs.rsi),
+        "APs keep reset state"
+    );
+    assert_eq!(ap.get_sregs().expect("KVM_GET_SREGS").cr0 & regs::CR0_PE, 0);
+}
+
+#[test]
+fn configure_vcpu_enters_32_bit_protected_mode_for_pvh() {
+    let Some((kvm, vm)) = kvm_vm() else { return };
+    let mem = guest_mem(64 * MIB);
+    let entry = EntryPoint::Pvh {
+        eip: GuestAddress(0x100_0000),
+        start_info: GuestAddress(layout::PVH_START_INFO),
+    };
+    let bsp = vm.create_vcpu(0).expect("create vCPU 0");
+    configure_vcpu(&kvm, &bsp, 0, 1, &entry, &mem).expect("configure vCPU 0");
+    let sregs = bsp.get_sregs().expect("KVM_GET_SREGS");
+    assert_eq!(sregs.cr0, regs::CR0_PE | regs::CR0_ET);
+    assert_eq!((sregs.cr4, sregs.efer & regs::EFER_LME), (0, 0));
+    assert_eq!(
+        (sregs.cs.l, sregs.cs.db, sregs.cs.limit, sregs.cs.base),
+        (0, 1, 0xffff_ffff, 0)
+    );
+    assert_eq!((sregs.ds.db, sregs.ds.limit), (1, 0xffff_ffff));
+    assert_eq!((sregs.tr.type_, sregs.tr.limit), (0xb, 0x67));
+    let regs = bsp.get_regs().expect("KVM_GET_REGS");
+    assert_eq!(
+        (regs.rip, regs.rbx, regs.rflags),
+        (0x100_0000, layout::PVH_START_INFO, 2)
+    );
+}
+
+#[test]
+fn configure_vcpu_refuses_an_id_beyond_the_count() {
+    let Some((kvm, vm)) = kvm_vm() else { return };
+    let mem = guest_mem(16 * MIB);
+    let entry = EntryPoint::Pvh {
+        eip: GuestAddress(0x100_0000),
+        start_info: GuestAddress(layout::PVH_START_INFO),
+    };
+    let vcpu = vm.create_vcpu(2).expect("create vCPU 2");
+    let err = configure_vcpu(&kvm, &vcpu, 2, 2, &entry, &mem).expect_err("bad id");
+    assert!(
+        matches!(err, VcpuSetupError::BadId { id: 2, ncpus: 2 }),
+        "{err}"
+    );
+}
