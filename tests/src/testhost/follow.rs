@@ -1,0 +1,296 @@
+//! Follows a running scenario from the host: reads the logs as they grow, parses markers, enforces
+//! the deadlines, notices an L1 soft-lockup stall, and kills the process on every path.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::check::Check;
+use super::markers::Progress;
+
+/// A child process that is ended on drop: TERM, a short grace, then KILL.
+pub struct ChildGuard {
+    child: Option<Child>,
+    what: &'static str,
+}
+
+impl ChildGuard {
+    pub fn new(child: Child, what: &'static str) -> Self {
+        ChildGuard {
+            child: Some(child),
+            what,
+        }
+    }
+
+    /// The exit status once the process has ended.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Ends the process (TERM, then KILL after `grace`) and reaps it.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped yet (so it cannot have been
+            // reused); no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        if let Err(e) = child.kill() {
+            eprintln!("testhost: cannot kill {} ({e})", self.what);
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// Reads the complete lines appended to a file since the last call.
+pub struct Tail {
+    path: PathBuf,
+    file: Option<File>,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    pub fn new(path: &Path) -> Self {
+        Tail {
+            path: path.to_path_buf(),
+            file: None,
+            partial: Vec::new(),
+        }
+    }
+
+    /// New complete lines (lossy UTF-8); the file may not exist yet.
+    pub fn lines(&mut self) -> io::Result<Vec<String>> {
+        if self.file.is_none() {
+            match File::open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut buf = Vec::new();
+        if let Some(f) = self.file.as_mut() {
+            f.read_to_end(&mut buf)?;
+        }
+        self.partial.extend_from_slice(&buf);
+        let mut out = Vec::new();
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            out.push(String::from_utf8_lossy(&line[..nl]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Whatever is left without a newline (the end of a log whose writer died).
+    pub fn rest(&mut self) -> Option<String> {
+        if self.partial.is_empty() {
+            None
+        } else {
+            let s = String::from_utf8_lossy(&self.partial).into_owned();
+            self.partial.clear();
+            Some(s)
+        }
+    }
+}
+
+/// Deadlines of one run.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Until `@@PADDOCK-L1-READY` (test host) or `@@SCENARIO-BEGIN` (direct).
+    pub ready: Duration,
+    /// With a soft lockup on the console, this long without scenario progress is a stall.
+    pub stall: Duration,
+    /// Added to each check's own timeout before the host gives up on the scenario script.
+    pub check_grace: Duration,
+    /// From `@@SCENARIO-END` until the process must have exited.
+    pub shutdown: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            ready: Duration::from_secs(120),
+            stall: Duration::from_secs(150),
+            check_grace: Duration::from_secs(60),
+            shutdown: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a followed run ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The scenario ran to its end marker (whatever the checks' statuses).
+    Completed,
+    /// A soft lockup was reported and the scenario made no progress for `Limits::stall`.
+    Stalled { why: String },
+    /// Anything else: the text says what went wrong.
+    Failed { why: String },
+}
+
+/// What a followed run produced.
+pub struct Followed {
+    pub progress: Progress,
+    pub ending: Ending,
+    pub started: Instant,
+    /// The last lines of the console (kernel log), for error messages.
+    pub console_tail: Vec<String>,
+}
+
+const LOCKUP: &str = "soft lockup";
+
+/// Follows `proc` until the scenario ends, a deadline passes or the process dies.
+/// `results` carries the markers; `console` (test host only) the L1 kernel log.
+/// `ready_marker_is_l1` says whether readiness is L1's marker or the scenario's begin.
+pub fn follow(
+    proc: &mut ChildGuard,
+    results: &Path,
+    console: Option<&Path>,
+    checks: &[Check],
+    limits: &Limits,
+    ready_marker_is_l1: bool,
+) -> Followed {
+    let started = Instant::now();
+    let mut results_tail = Tail::new(results);
+    let mut console_tail = console.map(Tail::new);
+    let mut progress = Progress::default();
+    let mut last_lines: VecDeque<String> = VecDeque::new();
+    let mut lockup_at: Option<Instant> = None;
+    let mut last_progress = Instant::now();
+    let mut ended_at: Option<Instant> = None;
+    let mut exited = false;
+    let ending = loop {
+        exited = exited || proc.try_wait().is_some();
+        let now = Instant::now();
+        match results_tail.lines() {
+            Ok(lines) => {
+                if !lines.is_empty() {
+                    last_progress = now;
+                }
+                for l in lines {
+                    progress.feed(&l, now);
+                }
+            }
+            Err(e) => {
+                break Ending::Failed {
+                    why: format!("cannot read {}: {e}", results.display()),
+                }
+            }
+        }
+        if let Some(t) = console_tail.as_mut() {
+            for l in t.lines().unwrap_or_default() {
+                if l.contains(LOCKUP) && lockup_at.is_none() {
+                    lockup_at = Some(now);
+                }
+                last_lines.push_back(l);
+                if last_lines.len() > 40 {
+                    last_lines.pop_front();
+                }
+            }
+        }
+        if let Some(rest) = results_tail.rest().filter(|_| exited) {
+            progress.feed(&rest, now);
+        }
+        let ready = if ready_marker_is_l1 {
+            progress.l1_ready.is_some()
+        } else {
+            progress.scenario_begun
+        };
+        if progress.scenario_ended && ended_at.is_none() {
+            ended_at = Some(now);
+        }
+        if let Some(e) = ended_at {
+            if exited {
+                break Ending::Completed;
+            }
+            if now - e > limits.shutdown {
+                break Ending::Failed {
+                    why: format!(
+                        "the scenario ended but the process did not exit within {} s",
+                        limits.shutdown.as_secs()
+                    ),
+                };
+            }
+        } else if exited {
+            let errors = progress.scenario_errors.join("; ");
+            let at = match &progress.running {
+                Some((name, _)) => format!(" during check {name}"),
+                None if !ready => " before it was ready".to_string(),
+                None => String::new(),
+            };
+            break Ending::Failed {
+                why: format!(
+                    "the process exited{at} before the scenario's end marker{}{errors}",
+                    if errors.is_empty() { "" } else { ": " }
+                ),
+            };
+        }
+        let stalled = lockup_at.is_some_and(|l| {
+            now - l.max(last_progress) > limits.stall || (!ready && now - started > limits.ready)
+        });
+        if stalled {
+            break Ending::Stalled {
+                why: format!(
+                    "'{LOCKUP}' on the L1 console and no scenario progress for {} s{}",
+                    (now - last_progress).as_secs(),
+                    if ready {
+                        ""
+                    } else {
+                        " (L1 never became ready)"
+                    }
+                ),
+            };
+        }
+        if !ready && now - started > limits.ready {
+            break Ending::Failed {
+                why: format!("not ready within {} s", limits.ready.as_secs()),
+            };
+        }
+        if let Some((name, since)) = &progress.running {
+            let limit = checks
+                .iter()
+                .find(|c| &c.name == name)
+                .map_or(Duration::ZERO, |c| c.timeout)
+                + limits.check_grace;
+            if now - *since > limit {
+                break Ending::Failed {
+                    why: format!(
+                        "check {name} ran past its timeout plus {} s and the scenario script did not end it",
+                        limits.check_grace.as_secs()
+                    ),
+                };
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    proc.stop(Duration::from_secs(3));
+    Followed {
+        progress,
+        ending,
+        started,
+        console_tail: last_lines.into(),
+    }
+}
