@@ -23,6 +23,8 @@ pub struct GuestRun {
     pub stdout: Vec<u8>,
     pub stderr: String,
     pub elapsed: Duration,
+    /// The deadline it ran under.
+    pub timeout: Duration,
 }
 
 impl GuestRun {
@@ -39,7 +41,10 @@ impl std::fmt::Display for GuestRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.status {
             Some(s) => write!(f, "paddock ended with {s}")?,
-            None => write!(f, "paddock killed after the {BOOT_TIMEOUT:?} deadline")?,
+            None => write!(
+                f,
+                "paddock did not finish within {BOOT_TIMEOUT:?} and was killed"
+            )?,
         }
         write!(
             f,
@@ -81,6 +86,7 @@ pub fn boot(kernel: &Path, timeout: Duration) -> Result<GuestRun, TinyGuestError
         stdout: join(stdout),
         stderr: String::from_utf8_lossy(&join(stderr)).into_owned(),
         elapsed,
+        timeout,
     })
 }
 
