@@ -21,12 +21,13 @@ user_packages=(busybox-static iperf3 ethtool)
 modules=(virtio virtio_ring virtio_pci virtio_net virtiofs fuse vsock vmw_vsock_virtio_transport)
 executables=(iperf3 ethtool)
 
-kernel_pkg=$(deb_kernel_package "$kernel_meta")
-mapfile -t packages < <(deb_closure "${user_packages[@]}")
+kernel_pkg=$(deb_memo deb_kernel_package "$kernel_meta")
+closure=$(deb_memo deb_closure "${user_packages[@]}")
+mapfile -t packages <<<"$closure"
 packages+=("$kernel_pkg")
-mapfile -t versions < <(deb_versions "${packages[@]}")
+versions=$(deb_memo deb_versions "${packages[@]}")
 key=$(inputs_hash "$here/build.sh" "$here/init" "$repo/resources/lib/debian.sh" \
-    "$repo/resources/lib/extract-vmlinux.sh" -- "${versions[@]}" "${modules[@]}" "${executables[@]}")
+    "$repo/resources/lib/extract-vmlinux.sh" -- "$versions" "${modules[@]}" "${executables[@]}")
 
 report() {
     echo "guest ($kernel_pkg) in $out:"

@@ -82,13 +82,32 @@ deb_versions() {
         END { if (p != "") { gsub(/:/, "%3a", v); print p "_" v "_" a } }'
 }
 
+# deb_memo COMMAND...: the output of COMMAND (an apt query), kept in $DEB_WORK/memo for as long as the
+# apt lists and sources stay the same, because each apt-cache call costs about half a second.
+deb_memo() {
+    [ -n "$DEB_WORK" ] || deb_die "DEB_WORK is not set: set it to a cache directory before deb_memo"
+    local key file
+    key=$({
+        stat -c '%n %s %Y' /var/lib/apt/lists/* /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true
+        printf '%s\n' "$@"
+    } | sha256sum | cut -c1-32)
+    file=$DEB_WORK/memo/$key
+    if [ ! -f "$file" ]; then
+        mkdir -p "$DEB_WORK/memo"
+        "$@" >"$file.tmp.$$" || { rm -f "$file.tmp.$$"; return 1; }
+        mv "$file.tmp.$$" "$file"
+    fi
+    cat "$file"
+}
+
 # deb_use PKG...: download (once) and unpack (once) exactly these packages (no dependency added here:
 # pass a deb_closure), and make them the set DEB_DIRS that the functions below search.
 deb_use() {
     [ -n "$DEB_WORK" ] || deb_die "DEB_WORK is not set: set it to a cache directory before deb_use"
     mkdir -p "$DEB_WORK/debs" "$DEB_WORK/x"
-    local names=() missing=() n
-    mapfile -t names < <(deb_versions "$@")
+    local names=() missing=() n list
+    list=$(deb_memo deb_versions "$@")
+    mapfile -t names <<<"$list"
     [ ${#names[@]} -eq $# ] || deb_die "apt-cache show found ${#names[@]} of the $# packages asked for ($*)"
     for n in "${names[@]}"; do
         [ -f "$DEB_WORK/debs/$n.deb" ] || missing+=("${n%%_*}=$(echo "$n" | cut -d_ -f2 | sed 's/%3a/:/')")
@@ -149,7 +168,8 @@ root_copy() {
             hops=$((hops + 1))
             [ $hops -lt 20 ] || deb_die "symbolic link loop at /$2 in the unpacked packages"
         else
-            [ -e "$dest/$rel" ] || cp -p "$src/$rel" "$dest/$rel"
+            # Never write through a link: an absolute one would point into the host.
+            [ -L "$dest/$rel" ] || [ -e "$dest/$rel" ] || cp -p "$src/$rel" "$dest/$rel"
             echo "$rel"
             return 0
         fi
@@ -171,7 +191,7 @@ elf_interp() {
 root_install_libs() {
     local dest=$1 file=$2 interp soname dir found rel
     interp=$(elf_interp "$file")
-    if [ -n "$interp" ] && [ ! -e "$dest$interp" ]; then
+    if [ -n "$interp" ] && [ ! -L "$dest$interp" ] && [ ! -e "$dest$interp" ]; then
         rel=$(root_copy "$dest" "$interp")
         strip --strip-unneeded "$dest/$rel" 2>/dev/null || true
     fi
@@ -179,7 +199,7 @@ root_install_libs() {
         [ -n "$soname" ] || continue
         found=""
         for dir in "${DEB_LIB_DIRS[@]}"; do
-            if [ -e "$dest/$dir/$soname" ]; then found=done; break; fi
+            if [ -L "$dest/$dir/$soname" ] || [ -e "$dest/$dir/$soname" ]; then found=done; break; fi
             if deb_find "$dir/$soname" >/dev/null; then found=$dir; break; fi
         done
         [ -n "$found" ] || deb_die "library $soname (needed by ${file#"$dest"/}) is in none of the unpacked packages: add its package to the package list"
@@ -218,6 +238,7 @@ root_install_exec() {
     done
     real=$(root_copy "$dest/.stage" "$rel")
     mkdir -p "$dest/$(dirname "$as")"
+    rm -f "$dest/$as"
     cp "$dest/.stage/$real" "$dest/$as"
     rm -rf "$dest/.stage"
     chmod 755 "$dest/$as"
@@ -226,7 +247,9 @@ root_install_exec() {
 }
 
 # root_install_busybox DEST: the static busybox from busybox-static as /bin/busybox plus one symbolic
-# link per applet (paths as busybox itself lists them).
+# link per applet (paths as busybox itself lists them). Debian's busybox sh runs its own applet for
+# any command name it knows, whatever PATH says: a script that must reach a real tool installed by
+# root_install_exec (ip, setpriv, ...) needs another /bin/sh (root_install_exec dash + link).
 root_install_busybox() {
     local dest=$1 bb applet
     bb=$(deb_pkg_dir busybox-static)/bin/busybox
