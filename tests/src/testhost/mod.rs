@@ -466,9 +466,9 @@ fn direct_switch() -> UserSwitch {
         UserSwitch {
             root: Ok(String::new()),
             user: Ok(format!(
-                "setpriv --reuid=1000 --regid=1000 --groups={kvm_gid}"
+                r#""$SETPRIV" --reuid=1000 --regid=1000 --groups={kvm_gid}"#
             )),
-            user_without_kvm: Ok("setpriv --reuid=1001 --regid=1001 --clear-groups".into()),
+            user_without_kvm: Ok(r#""$SETPRIV" --reuid=1001 --regid=1001 --clear-groups"#.into()),
         }
     } else {
         let why = format!(

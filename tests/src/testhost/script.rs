@@ -26,8 +26,8 @@ impl UserSwitch {
     pub fn test_host() -> Self {
         UserSwitch {
             root: Ok(String::new()),
-            user: Ok("setpriv --reuid=1000 --regid=1000 --init-groups".into()),
-            user_without_kvm: Ok("setpriv --reuid=1001 --regid=1001 --clear-groups".into()),
+            user: Ok(r#""$SETPRIV" --reuid=1000 --regid=1000 --init-groups"#.into()),
+            user_without_kvm: Ok(r#""$SETPRIV" --reuid=1001 --regid=1001 --clear-groups"#.into()),
         }
     }
 
@@ -104,6 +104,20 @@ run_check() {
 
 "#;
 
+/// util-linux's setpriv by absolute path: busybox applets (setsid, env) would otherwise run
+/// busybox's own setpriv, which cannot change uids.
+const FIND_SETPRIV: &str = r#"SETPRIV=""
+for d in $(echo "$PATH" | tr ':' ' '); do
+    if [ -x "$d/setpriv" ] && "$d/setpriv" --reuid=0 --regid=0 --clear-groups true 2>/dev/null; then
+        SETPRIV="$d/setpriv"; break
+    fi
+done
+if [ -z "$SETPRIV" ]; then
+    echo "@@SCENARIO-ERROR no setpriv on PATH can switch users: util-linux setpriv is needed"
+    exit 1
+fi
+"#;
+
 /// The whole `run.sh` for `checks` under `switch`.
 pub fn run_script(scenario: &str, checks: &[Check], switch: &UserSwitch) -> String {
     let mut s = String::new();
@@ -123,14 +137,9 @@ pub fn run_script(scenario: &str, checks: &[Check], switch: &UserSwitch) -> Stri
     s.push_str("ls -l /dev/kvm 2>&1 | sed 's/^/scenario: /'\n");
     let needs_setpriv = checks
         .iter()
-        .any(|c| matches!(switch.for_check(c.run_as), Ok(p) if p.starts_with("setpriv ")));
+        .any(|c| matches!(switch.for_check(c.run_as), Ok(p) if p.contains("$SETPRIV")));
     if needs_setpriv {
-        // busybox's setpriv cannot change uids; fail loudly instead of running checks as root.
-        s.push_str(
-            "if ! setpriv --reuid=0 --regid=0 --clear-groups true 2>/dev/null; then\n    \
-             echo \"@@SCENARIO-ERROR setpriv cannot switch users here: util-linux setpriv is needed\"\n    \
-             exit 1\nfi\n",
-        );
+        s.push_str(FIND_SETPRIV);
     }
     for c in checks {
         match switch.for_check(c.run_as) {
@@ -171,10 +180,10 @@ mod tests {
         let s = run_script("demo", &checks, &switch);
         assert!(s.contains("run_check a 5 \n"), "{s}");
         assert!(s.contains("@@CHECK-NOTRUN b not root:  x "), "{s}");
-        assert!(!s.contains("setpriv --reuid=0"), "{s}");
+        assert!(!s.contains(FIND_SETPRIV), "{s}");
         let s = run_script("demo", &checks, &UserSwitch::test_host());
-        assert!(s.contains("run_check a 5 setpriv --reuid=1000 --regid=1000 --init-groups"));
-        assert!(s.contains("setpriv --reuid=0 --regid=0 --clear-groups true"));
+        assert!(s.contains(r#"run_check a 5 "$SETPRIV" --reuid=1000 --regid=1000 --init-groups"#));
+        assert!(s.contains(FIND_SETPRIV));
     }
 
     /// Runs the generated script for real under each available shell and parses its markers.
