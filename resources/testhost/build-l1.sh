@@ -23,7 +23,7 @@ DEB_WORK=${PADDOCK_DEB_CACHE:-$repo/target/debian}
 started=$(date +%s.%N)
 
 kernel_meta=linux-image-cloud-amd64
-user_packages=(busybox-static dash iproute2 iperf3 ethtool curl util-linux libcap2-bin)
+user_packages=(busybox-static dash iproute2 iperf3 ethtool curl util-linux libcap2-bin libgcc-s1)
 # kvm_amd: TCG's -cpu max offers AMD SVM with NPT (no VMX). tun/veth/bridge: guest networking;
 # fuse/virtiofs: virtiofsd. Their dependencies are added.
 modules=(kvm kvm_amd tun fuse veth bridge virtiofs)
@@ -73,6 +73,9 @@ for e in "${executables[@]}"; do root_install_exec "$root" "$(deb_which "$e")"; 
 # /bin/sh is dash: busybox sh would run its own `ip`, `setpriv`, ... applets instead of the real ones.
 root_install_exec "$root" "$(deb_which dash)"
 ln -sfn dash "$root/bin/sh"
+# Rust binaries (paddock, paddock-bench) link libgcc_s for unwinding.
+mkdir -p "$root/lib/x86_64-linux-gnu"
+cp "$(deb_pkg_dir libgcc-s1)/lib/x86_64-linux-gnu/libgcc_s.so.1" "$root/lib/x86_64-linux-gnu/"
 root_install_modules "$root" "$kdir" "${modules[@]}"
 # ip reads its name tables (rt_tables, ...) from here.
 if [ -d "$(deb_pkg_dir iproute2)/etc/iproute2" ]; then cp -r "$(deb_pkg_dir iproute2)/etc/iproute2" "$root/etc/"; fi
