@@ -172,16 +172,16 @@ impl Vcpu {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => {
                     self.control.exit.request(ExitRequest::PowerOff)
                 }
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => self.control.exit.request(ExitRequest::Reset),
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                    self.control.exit.request(ExitRequest::Reset)
+                }
                 other => return Some(format!("KVM_EXIT_SYSTEM_EVENT type {other}")),
             },
             Ok(VcpuExit::Shutdown) => return Some("KVM_EXIT_SHUTDOWN (triple fault)".into()),
             Ok(VcpuExit::InternalError) => return Some("KVM_EXIT_INTERNAL_ERROR".into()),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                return Some(format!(
-                    "KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x} on host cpu {cpu})"
-                ))
-            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => return Some(format!(
+                "KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x} on host cpu {cpu})"
+            )),
             Ok(VcpuExit::Hlt) => {
                 return Some("KVM_EXIT_HLT (halted with no in-kernel LAPIC to wake it)".into())
             }
