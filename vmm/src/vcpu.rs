@@ -179,9 +179,11 @@ impl Vcpu {
             },
             Ok(VcpuExit::Shutdown) => return Some("KVM_EXIT_SHUTDOWN (triple fault)".into()),
             Ok(VcpuExit::InternalError) => return Some("KVM_EXIT_INTERNAL_ERROR".into()),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => return Some(format!(
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Some(format!(
                 "KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x} on host cpu {cpu})"
-            )),
+            ))
+            }
             Ok(VcpuExit::Hlt) => {
                 return Some("KVM_EXIT_HLT (halted with no in-kernel LAPIC to wake it)".into())
             }

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "paddock-testhost", about = "Run a shell command on a real KVM (directly or in the KVM test host)")]
+#[command(
+    name = "paddock-testhost",
+    about = "Run a shell command on a real KVM (directly or in the KVM test host)"
+)]
 struct Cli {
     /// Run as root instead of the unprivileged user (uid 1000).
     #[arg(long)]
