@@ -25,7 +25,10 @@ pub enum MemoryError {
         source: vm_memory::mmap::FromRangesError,
     },
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} failed: {source}")]
-    RegisterSlot { slot: u32, source: kvm_ioctls::Error },
+    RegisterSlot {
+        slot: u32,
+        source: kvm_ioctls::Error,
+    },
 }
 
 pub const MIN_SIZE: u64 = 16 << 20;
