@@ -294,3 +294,87 @@ pub fn follow(
         console_tail: last_lines.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testhost::check::RunAs;
+    use std::process::Command;
+
+    fn sleeper() -> ChildGuard {
+        ChildGuard::new(Command::new("sleep").arg("60").spawn().unwrap(), "sleep")
+    }
+
+    fn quick() -> Limits {
+        Limits {
+            ready: Duration::from_secs(2),
+            stall: Duration::from_millis(800),
+            check_grace: Duration::from_millis(500),
+            shutdown: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn soft_lockup_without_progress_is_a_stall_and_the_process_is_killed() {
+        let d = tempfile::tempdir().unwrap();
+        let (res, con) = (d.path().join("r"), d.path().join("c"));
+        std::fs::write(&res, "@@PADDOCK-L1-READY kvm=yes cpus=2 mem_kb=1\n@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n").unwrap();
+        std::fs::write(
+            &con,
+            "[ 30.1] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [sh:99]\n",
+        )
+        .unwrap();
+        let checks = [Check::new("a", RunAs::User, Duration::from_secs(100), "x").unwrap()];
+        let mut p = sleeper();
+        let f = follow(&mut p, &res, Some(&con), &checks, &quick(), true);
+        assert!(matches!(f.ending, Ending::Stalled { .. }), "{:?}", f.ending);
+        assert!(
+            p.try_wait().is_none() && p.child.is_none(),
+            "the process must be reaped"
+        );
+        assert_eq!(f.console_tail.len(), 1);
+    }
+
+    #[test]
+    fn lockup_during_boot_is_a_stall_and_a_silent_boot_a_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let (res, con) = (d.path().join("r"), d.path().join("c"));
+        std::fs::write(&con, "watchdog: BUG: soft lockup - CPU#0 stuck\n").unwrap();
+        let f = follow(&mut sleeper(), &res, Some(&con), &[], &quick(), true);
+        assert!(
+            matches!(f.ending, Ending::Stalled { ref why } if why.contains("never became ready"))
+        );
+        std::fs::write(&con, "booting\n").unwrap();
+        let f = follow(&mut sleeper(), &res, Some(&con), &[], &quick(), true);
+        assert!(matches!(f.ending, Ending::Failed { ref why } if why.contains("not ready")));
+    }
+
+    #[test]
+    fn a_check_past_its_timeout_and_an_early_exit_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let res = d.path().join("r");
+        std::fs::write(&res, "@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n").unwrap();
+        let checks = [Check::new("a", RunAs::User, Duration::from_millis(300), "x").unwrap()];
+        let f = follow(&mut sleeper(), &res, None, &checks, &quick(), false);
+        assert!(matches!(f.ending, Ending::Failed { ref why } if why.contains("check a ran past")));
+        let gone = ChildGuard::new(Command::new("true").spawn().unwrap(), "true");
+        let f = follow(&mut { gone }, &res, None, &checks, &quick(), false);
+        assert!(
+            matches!(f.ending, Ending::Failed { ref why } if why.contains("during check a")),
+            "{:?}",
+            f.ending
+        );
+    }
+
+    #[test]
+    fn a_completed_scenario_waits_for_the_exit() {
+        let d = tempfile::tempdir().unwrap();
+        let res = d.path().join("r");
+        std::fs::write(&res, "@@SCENARIO-BEGIN s checks=0\n@@SCENARIO-END\n").unwrap();
+        let done = ChildGuard::new(Command::new("sleep").arg("0.3").spawn().unwrap(), "sleep");
+        let f = follow(&mut { done }, &res, None, &[], &quick(), false);
+        assert!(matches!(f.ending, Ending::Completed), "{:?}", f.ending);
+        let f = follow(&mut sleeper(), &res, None, &[], &quick(), false);
+        assert!(matches!(f.ending, Ending::Failed { ref why } if why.contains("did not exit")));
+    }
+}

@@ -185,6 +185,63 @@ pub struct PayloadSpec {
     pub guest_dir: PathBuf,
     /// (file name under `/scenario/`, contents); `run.sh` among them.
     pub scenario_files: Vec<(String, String)>,
+    /// Shared libraries the binaries need that L1 lacks; staged in `/opt/paddock/lib`, which the
+    /// scenario puts on LD_LIBRARY_PATH.
+    pub extra_libs: Vec<PathBuf>,
+}
+
+/// File names of the shared objects inside a cpio archive (the L1 base).
+pub fn libraries_in(cpio: &Path) -> Result<Vec<String>, ImageError> {
+    let file = File::open(cpio).map_err(io_err("cannot open", cpio))?;
+    let out = Command::new("cpio")
+        .args(["-it", "--quiet"])
+        .stdin(file)
+        .output()
+        .map_err(|e| ImageError::Pack {
+            cmd: "cpio -it".into(),
+            why: e.to_string(),
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(".so"))
+        .filter_map(|l| l.rsplit('/').next().map(String::from))
+        .collect())
+}
+
+/// Libraries `ldd` resolves for `binaries` whose file names are not in `present`.
+pub fn missing_libraries(
+    binaries: &[&Path],
+    present: &[String],
+) -> Result<Vec<PathBuf>, ImageError> {
+    let mut missing: Vec<PathBuf> = Vec::new();
+    for bin in binaries {
+        let out = Command::new("ldd")
+            .arg(bin)
+            .output()
+            .map_err(|e| ImageError::Pack {
+                cmd: format!("ldd {}", bin.display()),
+                why: e.to_string(),
+            })?;
+        // "\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x...)"; static binaries have none.
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((_, rest)) = line.split_once("=> ") else {
+                continue;
+            };
+            let Some(path) = rest
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/'))
+            else {
+                continue;
+            };
+            let path = PathBuf::from(path);
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if name.is_some_and(|n| !present.contains(&n)) && !missing.contains(&path) {
+                missing.push(path);
+            }
+        }
+    }
+    Ok(missing)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
@@ -233,6 +290,15 @@ pub fn stage(spec: &PayloadSpec, root: &Path) -> Result<(), ImageError> {
     mkdir(&checks)?;
     install_binary(&spec.paddock, &bin.join("paddock"))?;
     install_binary(&spec.paddock_bench, &bin.join("paddock-bench"))?;
+    if !spec.extra_libs.is_empty() {
+        let lib = root.join("opt/paddock/lib");
+        mkdir(&lib)?;
+        for l in &spec.extra_libs {
+            let dst = lib.join(l.file_name().unwrap_or(l.as_os_str()));
+            fs::copy(l, &dst).map_err(io_err("cannot copy", l))?;
+            set_mode(&dst, 0o755)?;
+        }
+    }
     for f in GUEST_FILES {
         let dst = guest.join(f);
         fs::copy(spec.guest_dir.join(f), &dst).map_err(io_err("cannot copy", &dst))?;
@@ -297,6 +363,7 @@ mod tests {
             paddock_bench: exe,
             guest_dir: guest,
             scenario_files: vec![("run.sh".into(), "#!/bin/sh\necho hi\n".into())],
+            extra_libs: Vec::new(),
         };
         let root = tmp.path().join("stage");
         fs::create_dir(&root).unwrap();
@@ -315,6 +382,17 @@ mod tests {
             .lines()
             .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("scenario/run.sh")));
         assert!(!list.lines().any(|l| l.ends_with(" .")), "{list}");
+        let present = libraries_in(&out).unwrap();
+        assert!(present.is_empty(), "{present:?}");
+        // This test binary is dynamic (libc at least): every library is missing from the payload.
+        let libs = missing_libraries(&[&spec.paddock], &present).unwrap();
+        assert!(
+            libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
+            "{libs:?}"
+        );
+        let libc = vec!["libc.so.6".to_string()];
+        let libs = missing_libraries(&[&spec.paddock], &libc).unwrap();
+        assert!(!libs.iter().any(|l| l.ends_with("libc.so.6")), "{libs:?}");
         let missing = PayloadSpec {
             paddock: tmp.path().join("nope"),
             ..spec

@@ -243,6 +243,7 @@ impl Scenario {
             paddock_bench,
             guest_dir,
             scenario_files: files,
+            extra_libs: Vec::new(),
         })
     }
 
@@ -342,6 +343,17 @@ impl Scenario {
     ) -> Result<Followed, TestHostError> {
         let base = image::l1_base(repo, work)?;
         report.l1_build = Some(base.build_time);
+        let present = image::libraries_in(&base.cpio)?;
+        let mut spec = spec.clone();
+        spec.extra_libs =
+            image::missing_libraries(&[&spec.paddock, &spec.paddock_bench], &present)?;
+        if !spec.extra_libs.is_empty() {
+            eprintln!(
+                "testhost: L1 lacks {:?}; shipping them in /opt/paddock/lib",
+                spec.extra_libs
+            );
+        }
+        let spec = &spec;
         let tmp = tempfile::Builder::new()
             .prefix("boot-")
             .tempdir_in(work)

@@ -68,7 +68,8 @@ BIN="$ROOT/opt/paddock/bin"
 GUEST="$ROOT/opt/paddock/guest"
 WORK="$(mktemp -d /tmp/paddock-scenario.XXXXXX)" || { echo "@@SCENARIO-ERROR mktemp failed"; exit 1; }
 HOMEDIR="$WORK/home"
-mkdir -p "$HOMEDIR" && chmod 1777 "$HOMEDIR"
+# mktemp made WORK 0700: unprivileged checks must reach their HOME inside it.
+chmod 755 "$WORK" && mkdir -p "$HOMEDIR" && chmod 1777 "$HOMEDIR"
 CHILD=""
 # A TERM from the harness also ends the running check's process group.
 trap '[ -n "$CHILD" ] && kill -9 -"$CHILD" 2>/dev/null; rm -rf "$WORK"; exit 143' TERM INT
@@ -82,7 +83,7 @@ run_check() {
     echo "@@CHECK-BEGIN $name"
     now; start=$NOW; beat=$NOW
     ( cd "$HOMEDIR" && exec setsid "$@" env -i PATH="$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-        HOME="$HOMEDIR" GUEST="$GUEST" PADDOCK_GUEST_DIR="$GUEST" TERM=dumb \
+        HOME="$HOMEDIR" GUEST="$GUEST" PADDOCK_GUEST_DIR="$GUEST" TERM=dumb LD_LIBRARY_PATH="$ROOT/opt/paddock/lib" \
         sh "$SCEN/checks/$name.sh" ) >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
     CHILD=$!
     timedout=0; nap=0.1; polls=0
