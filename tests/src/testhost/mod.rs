@@ -367,8 +367,7 @@ impl Scenario {
         image::concat(&[&base.cpio, &payload], &initrd)?;
         let qemu = mode::find_on_path("qemu-system-x86_64")
             .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
-        let mut stall_reasons = Vec::new();
-        for attempt in 1..=2u32 {
+        let retried = boot_with_one_retry(|attempt| -> Result<Followed, TestHostError> {
             report.attempts = attempt;
             let dir = logs
                 .attempt(attempt)
@@ -396,23 +395,22 @@ impl Scenario {
                 &self.limits,
                 true,
             );
-            drop(guard);
-            match &followed.ending {
-                Ending::Stalled { why } => {
-                    eprintln!(
-                        "testhost: L1 stall on attempt {attempt} ({why}); logs in {}",
-                        dir.display()
-                    );
-                    stall_reasons.push(why.clone());
-                }
-                _ => return Ok(followed),
+            if let Ending::Stalled { why } = &followed.ending {
+                eprintln!(
+                    "testhost: L1 stall on attempt {attempt} ({why}); logs in {}",
+                    dir.display()
+                );
             }
+            Ok(followed)
+        })?;
+        match retried {
+            Retried::Done(followed) => Ok(*followed),
+            Retried::Stalled(reasons) => Err(TestHostError::L1Stalled {
+                attempts: reasons.len() as u32,
+                why: reasons.join("; then "),
+                logs: logs.path.clone(),
+            }),
         }
-        Err(TestHostError::L1Stalled {
-            attempts: 2,
-            why: stall_reasons.join("; then "),
-            logs: logs.path.clone(),
-        })
     }
 
     fn collect(
@@ -466,6 +464,26 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// How booting L1 ended after the retry policy.
+enum Retried {
+    Done(Box<Followed>),
+    /// Every boot stalled; one reason per boot.
+    Stalled(Vec<String>),
+}
+
+/// Boots (attempt 1, 2, ...): a stalled L1 gets one fresh retry, anything else is final.
+fn boot_with_one_retry<E>(mut boot: impl FnMut(u32) -> Result<Followed, E>) -> Result<Retried, E> {
+    let mut reasons = Vec::new();
+    for attempt in 1..=2 {
+        let followed = boot(attempt)?;
+        match &followed.ending {
+            Ending::Stalled { why } => reasons.push(why.clone()),
+            _ => return Ok(Retried::Done(Box::new(followed))),
+        }
+    }
+    Ok(Retried::Stalled(reasons))
 }
 
 /// How checks change identity when this host's own /dev/kvm is used.
@@ -581,5 +599,98 @@ impl Report {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use markers::Progress;
+
+    fn ended(ending: Ending) -> Followed {
+        Followed {
+            progress: Progress::default(),
+            ending,
+            started: Instant::now(),
+            console_tail: Vec::new(),
+        }
+    }
+
+    fn stalled() -> Ending {
+        Ending::Stalled {
+            why: "lockup".into(),
+        }
+    }
+
+    #[test]
+    fn a_stall_is_retried_once_and_two_stalls_are_reported() {
+        let mut endings = vec![stalled(), Ending::Completed];
+        let mut calls = Vec::new();
+        let r = boot_with_one_retry::<()>(|a| {
+            calls.push(a);
+            Ok(ended(endings.remove(0)))
+        });
+        assert!(matches!(r, Ok(Retried::Done(f)) if matches!(f.ending, Ending::Completed)));
+        assert_eq!(calls, [1, 2]);
+        let r = boot_with_one_retry::<()>(|_| Ok(ended(stalled())));
+        assert!(matches!(r, Ok(Retried::Stalled(ref w)) if w.len() == 2));
+    }
+
+    #[test]
+    fn other_failures_are_not_retried() {
+        let mut calls = 0;
+        let r = boot_with_one_retry::<()>(|_| {
+            calls += 1;
+            Ok(ended(Ending::Failed { why: "x".into() }))
+        });
+        assert!(matches!(r, Ok(Retried::Done(_))));
+        assert_eq!(calls, 1);
+        assert!(boot_with_one_retry(|_| Err::<Followed, _>("io")).is_err());
+    }
+
+    /// Direct mode end to end, minus the probe: stage, run run.sh under sh, follow, collect.
+    #[test]
+    fn direct_mode_runs_the_staged_scenario() {
+        let tmp = tempfile::tempdir().unwrap();
+        let guest = tmp.path().join("guest");
+        fs::create_dir(&guest).unwrap();
+        for f in image::GUEST_FILES {
+            fs::write(guest.join(f), f).unwrap();
+        }
+        let mut s = Scenario::new("direct_unit");
+        s.check(
+            "guest-and-path",
+            RunAs::User,
+            Duration::from_secs(20),
+            r#"cat "$GUEST/vmlinux"; test -x "$(command -v paddock-bench)" && exit 5"#,
+        );
+        let switch = direct_switch();
+        let exe = std::env::current_exe().unwrap();
+        let mut spec = PayloadSpec {
+            paddock: exe.clone(),
+            paddock_bench: exe,
+            guest_dir: guest,
+            scenario_files: Vec::new(),
+            extra_libs: Vec::new(),
+        };
+        spec.scenario_files.push((
+            "run.sh".into(),
+            script::run_script(&s.name, &s.checks, &switch),
+        ));
+        for c in &s.checks {
+            spec.scenario_files.push((
+                format!("checks/{}", script::check_file_name(c)),
+                script::check_file(c),
+            ));
+        }
+        let logs = LogDir::create(tmp.path(), "direct_unit").unwrap();
+        let followed = s.run_direct(&spec, &logs).unwrap();
+        assert!(
+            matches!(followed.ending, Ending::Completed),
+            "{:?}",
+            followed.ending
+        );
+        let r = followed.progress.result_of(&s.checks[0]).unwrap();
+        assert_eq!((r.status, r.stdout.as_str()), (5, "vmlinux\n"), "{r}");
     }
 }
