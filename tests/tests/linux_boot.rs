@@ -68,9 +68,10 @@ fn scenario() -> Scenario {
         "bad-initramfs-too-big",
         REFUSAL,
         &format!(
-            "head -c 100M /dev/zero > \"$HOME/big.cpio\" && {}",
+            // 300 MiB of initramfs for 256 MiB of guest RAM (64M would not even hold the kernel).
+            "dd if=/dev/zero of=\"$HOME/big.cpio\" bs=1048576 count=300 2>/dev/null && {}",
             refused(
-                r#"--kernel "$GUEST/vmlinuz" --initramfs "$HOME/big.cpio" --cpus 1 --memory 64M"#
+                r#"--kernel "$GUEST/vmlinuz" --initramfs "$HOME/big.cpio" --cpus 1 --memory 256M"#
             )
         ),
     )
