@@ -20,6 +20,7 @@ pub mod msrs;
 pub mod paging;
 pub mod pvh;
 pub mod regs;
+pub mod reset_vector;
 
 use acpi::AcpiError;
 use boot_params::ZeroPageError;
@@ -73,6 +74,8 @@ pub enum BootError {
     ZeroPage(#[from] ZeroPageError),
     #[error(transparent)]
     Pvh(#[from] PvhError),
+    #[error(transparent)]
+    ResetVector(#[from] reset_vector::ResetVectorError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +178,7 @@ pub fn load_linux(
         None => None,
     };
     let rsdp = acpi::write_tables(mem, ncpus, &[], &[])?;
+    reset_vector::write(mem)?;
     let map = e820::memory_map(mem);
 
     Ok(match loaded.kind {
