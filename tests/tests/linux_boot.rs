@@ -55,6 +55,11 @@ fn scenario() -> Scenario {
     .check_as_user("poweroff", BOOT, &run_guest("vmlinuz", 1, "-- poweroff -f"))
     .check_as_user("reboot", BOOT, &run_guest("vmlinuz", 1, "-- reboot -f"))
     .check_as_user(
+        "panic",
+        BOOT,
+        &run_guest("vmlinuz", 1, "-- sh -c 'echo c > /proc/sysrq-trigger'"),
+    )
+    .check_as_user(
         "bad-kernel-missing",
         REFUSAL,
         &refused("--kernel /nonexistent/vmlinuz --cpus 1 --memory 512M"),
@@ -233,6 +238,17 @@ fn default_guest_boots_and_bad_input_is_refused() {
     v.expect(
         r.stderr.to_lowercase().contains("reset"),
         "reboot: the message must mention the reset",
+        r,
+    );
+    let r = report.check("panic");
+    v.expect(
+        r.status != 0 && !r.timed_out && r.stderr.to_lowercase().contains("reset"),
+        "panic: a kernel panic with panic=1 must end paddock as a reset, non-zero",
+        r,
+    );
+    v.expect(
+        r.stdout.contains("Kernel panic"),
+        "panic: the guest's panic message must reach the console",
         r,
     );
 
