@@ -53,6 +53,12 @@ impl Bus {
         Ok(())
     }
 
+    /// Removes the device inserted at exactly `base` and returns it (a PCI BAR the guest moved).
+    pub fn remove(&self, base: u64) -> Option<Arc<Mutex<dyn BusDevice>>> {
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        slots.remove(&base).map(|slot| slot.device)
+    }
+
     fn find(&self, addr: u64) -> Option<(u64, Arc<Mutex<dyn BusDevice>>)> {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         let (&base, slot) = slots.range(..=addr).next_back()?;

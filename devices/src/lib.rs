@@ -3,7 +3,9 @@
 
 pub mod bus;
 pub mod exit;
+pub mod interrupt;
 pub mod legacy;
+pub mod pci;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use exit::{ExitRequest, ExitSignal};
