@@ -1,11 +1,11 @@
 //! ACPI tables for a hardware-reduced PC: RSDP, XSDT, FADT, MADT and a DSDT with COM1 and `_S5_`.
 //!
-//! PCI comes later through the two extension points of [`write_tables`]: the host bridge device
-//! (PNP0A08 with its `_CRS`) goes into `dsdt_devices`, and [`mcfg`] builds the table that goes into
-//! `extra_tables`.
+//! PCI goes through the two extension points of [`write_tables`]: the host bridge device
+//! ([`PciHostBridge`], PNP0A08 with its `_CRS`) goes into `dsdt_devices`, and [`mcfg`] builds the
+//! table that goes into `extra_tables`. [`write_platform_tables`] does both when given PCI windows.
 
 use acpi_tables::sdt::{GenericAddress, Sdt};
-use acpi_tables::{aml, rsdp::Rsdp, Aml};
+use acpi_tables::{aml, rsdp::Rsdp, Aml, AmlSink};
 use devices::legacy::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
     ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT,
@@ -172,6 +172,111 @@ pub fn mcfg(ecam_base: u64, start_bus: u8, end_bus: u8) -> Sdt {
     table
 }
 
+/// The address ranges the PCI host bridge decodes, from the memory layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciWindows {
+    /// ECAM base for segment 0; buses `0..=last_bus` take 1 MiB each from there.
+    pub ecam_base: u64,
+    pub last_bus: u8,
+    /// Port range (inclusive) for I/O BARs behind the bridge.
+    pub io: (u16, u16),
+    /// 32-bit MMIO window for BARs: base and size (ends at or below 4 GiB).
+    pub mmio32: (u32, u32),
+    /// 64-bit MMIO window above RAM: base and size (size 0: none).
+    pub mmio64: (u64, u64),
+}
+
+impl PciWindows {
+    /// The layout's windows: ECAM for all 256 buses, I/O ports 0x1000..=0xffff (above the legacy
+    /// and ACPI ports), the 32-bit hole below ECAM, and `mmio64` above RAM.
+    pub fn from_layout(mmio64: (u64, u64)) -> Self {
+        Self {
+            ecam_base: layout::PCI_ECAM_START,
+            last_bus: ((layout::PCI_ECAM_SIZE >> 20) - 1) as u8,
+            io: (0x1000, 0xffff),
+            mmio32: (
+                layout::PCI_MMIO32_START as u32,
+                layout::PCI_MMIO32_SIZE as u32,
+            ),
+            mmio64,
+        }
+    }
+
+    fn ecam_size(&self) -> u64 {
+        (u64::from(self.last_bus) + 1) << 20
+    }
+}
+
+/// `\_SB.PCI0`, the PCI Express host bridge of segment 0, plus `\_SB.PRES`, a motherboard
+/// resource (PNP0C02) that reserves the ECAM window: Linux uses MMCONFIG only when the MCFG
+/// region is reserved there or in the e820 map.
+pub struct PciHostBridge(pub PciWindows);
+
+impl Aml for PciHostBridge {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let w = &self.0;
+        let bus_numbers = aml::AddressSpace::<u16>::new_bus_number(0, u16::from(w.last_bus));
+        let config_ports = aml::IO::new(
+            devices::pci::CONFIG_IO_PORT,
+            devices::pci::CONFIG_IO_PORT,
+            1,
+            devices::pci::CONFIG_IO_PORT_SPAN as u8,
+        );
+        let io = aml::AddressSpace::<u16>::new_io(w.io.0, w.io.1, None);
+        let mmio32 = aml::AddressSpace::<u32>::new_memory(
+            aml::AddressSpaceCacheable::NotCacheable,
+            true,
+            w.mmio32.0,
+            w.mmio32.0 + (w.mmio32.1 - 1),
+            None,
+        );
+        let mmio64 = aml::AddressSpace::<u64>::new_memory(
+            aml::AddressSpaceCacheable::NotCacheable,
+            true,
+            w.mmio64.0,
+            w.mmio64.0 + w.mmio64.1.saturating_sub(1),
+            None,
+        );
+        let mut resources: Vec<&dyn Aml> = vec![&bus_numbers, &config_ports, &io, &mmio32];
+        if w.mmio64.1 > 0 {
+            resources.push(&mmio64);
+        }
+        let crs_template = aml::ResourceTemplate::new(resources);
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+        let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+        let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+        let crs = aml::Name::new("_CRS".into(), &crs_template);
+        aml::Device::new("PCI0".into(), vec![&hid, &cid, &uid, &seg, &bbn, &crs])
+            .to_aml_bytes(sink);
+
+        let ecam = aml::Memory32Fixed::new(false, w.ecam_base as u32, w.ecam_size() as u32);
+        let reserved = aml::ResourceTemplate::new(vec![&ecam]);
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
+        let uid = aml::Name::new("_UID".into(), &aml::ONE);
+        let crs = aml::Name::new("_CRS".into(), &reserved);
+        aml::Device::new("PRES".into(), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+    }
+}
+
+/// Writes the tables of a VM with PCI (`pci` given: host bridge in the DSDT and an MCFG) or
+/// without (the DSDT and table set of [`write_tables`] with no extensions).
+pub fn write_platform_tables(
+    mem: &GuestMemoryMmap,
+    ncpus: u8,
+    pci: Option<&PciWindows>,
+) -> Result<GuestAddress, AcpiError> {
+    match pci {
+        Some(windows) => {
+            let bridge = PciHostBridge(*windows);
+            let mcfg = mcfg(windows.ecam_base, 0, windows.last_bus);
+            write_tables(mem, ncpus, &[&bridge], &[mcfg])
+        }
+        None => write_tables(mem, ncpus, &[], &[]),
+    }
+}
+
 /// XSDT listing the tables at `addrs`.
 pub fn xsdt(addrs: &[u64]) -> Sdt {
     let body: Vec<u8> = addrs.iter().flat_map(|a| a.to_le_bytes()).collect();
@@ -242,4 +347,152 @@ pub fn write_tables(
     placer.next = layout::RSDP_START;
     placer.place("RSDP", &rsdp_bytes(xsdt_addr))?;
     Ok(GuestAddress(layout::RSDP_START))
+}
+
+#[cfg(test)]
+mod pci_tests {
+    use super::*;
+    use std::process::Command;
+
+    const WINDOWS: PciWindows = PciWindows {
+        ecam_base: 0xe000_0000,
+        last_bus: 255,
+        io: (0x1000, 0xffff),
+        mmio32: (0xc000_0000, 0x2000_0000),
+        mmio64: (0x1_4000_0000, 0x40_0000_0000),
+    };
+
+    /// `iasl -d` of `table`, with whitespace squashed; fails on any iasl error.
+    fn disassemble(name: &str, table: &[u8]) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dat = dir.path().join(format!("{name}.dat"));
+        std::fs::write(&dat, table).expect("write table");
+        let out = Command::new("iasl")
+            .arg("-d")
+            .arg(&dat)
+            .current_dir(dir.path())
+            .output()
+            .expect("run iasl (install acpica-tools)");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && !log.contains("Error"), "{log}");
+        let mut dsl = std::fs::read_to_string(dir.path().join(format!("{name}.dsl"))).expect("dsl");
+        // Drop /* ... */ comments (iasl annotates ids and the header with them).
+        while let Some(start) = dsl.find("/*") {
+            let end = dsl[start..].find("*/").map_or(dsl.len(), |e| start + e + 2);
+            dsl.replace_range(start..end, " ");
+        }
+        squash(&dsl)
+    }
+
+    /// One line, single spaces, no `//` comments, no space before `)`.
+    fn squash(text: &str) -> String {
+        text.lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .flat_map(str::split_whitespace)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace(" )", ")")
+    }
+
+    fn tables_in(mem: &GuestMemoryMmap) -> Vec<(String, Vec<u8>)> {
+        let read = |addr: u64| {
+            let len: u32 = mem.read_obj(GuestAddress(addr + 4)).expect("length");
+            let mut t = vec![0u8; len as usize];
+            mem.read_slice(&mut t, GuestAddress(addr)).expect("table");
+            t
+        };
+        let xsdt_addr: u64 = mem
+            .read_obj(GuestAddress(layout::RSDP_START + 24))
+            .expect("xsdt address");
+        let xsdt = read(xsdt_addr);
+        let mut tables: Vec<(String, Vec<u8>)> = xsdt[36..]
+            .chunks_exact(8)
+            .map(|e| read(u64::from_le_bytes(e.try_into().expect("8 bytes"))))
+            .map(|t| (String::from_utf8_lossy(&t[..4]).into_owned(), t))
+            .collect();
+        let facp = tables[0].1.clone();
+        let dsdt = read(u64::from_le_bytes(
+            facp[FADT_X_DSDT..FADT_X_DSDT + 8].try_into().expect("8"),
+        ));
+        tables.push(("DSDT".into(), dsdt));
+        tables
+    }
+
+    fn guest_mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).expect("guest memory")
+    }
+
+    #[test]
+    fn host_bridge_and_mcfg_disassemble_with_the_windows() {
+        let mem = guest_mem();
+        write_platform_tables(&mem, 2, Some(&WINDOWS)).expect("tables");
+        let tables = tables_in(&mem);
+        let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["FACP", "APIC", "MCFG", "DSDT"]);
+
+        let dsdt = disassemble("dsdt", &tables[3].1);
+        for needle in [
+            "Device (COM1)",
+            "Device (PCI0) { Name (_HID, EisaId (\"PNP0A08\")) Name (_CID, EisaId (\"PNP0A03\")) \
+             Name (_UID, Zero) Name (_SEG, Zero) Name (_BBN, Zero)",
+            "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, 0x0000, \
+             0x00FF, 0x0000, 0x0100,",
+            "IO (Decode16, 0x0CF8, 0x0CF8, 0x01, 0x08, )",
+            "WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, \
+             0x1000, 0xFFFF, 0x0000, 0xF000,",
+            "DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, \
+             ReadWrite, 0x00000000, 0xC0000000, 0xDFFFFFFF, 0x00000000, 0x20000000,",
+            "QWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, \
+             ReadWrite, 0x0000000000000000, 0x0000000140000000, 0x000000413FFFFFFF, \
+             0x0000000000000000, 0x0000004000000000,",
+            "Device (PRES) { Name (_HID, EisaId (\"PNP0C02\"))",
+            "Memory32Fixed (ReadOnly, 0xE0000000, 0x10000000, )",
+        ] {
+            assert!(
+                dsdt.contains(&squash(needle)),
+                "missing {needle:?} in:\n{dsdt}"
+            );
+        }
+
+        let mcfg = disassemble("mcfg", &tables[2].1);
+        for needle in [
+            "Base Address : 00000000E0000000",
+            "Segment Group Number : 0000",
+            "Start Bus Number : 00",
+            "End Bus Number : FF",
+        ] {
+            assert!(
+                mcfg.contains(&squash(needle)),
+                "missing {needle:?} in:\n{mcfg}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_pci_the_tables_stay_as_they_were() {
+        let mem = guest_mem();
+        write_platform_tables(&mem, 1, None).expect("tables");
+        let tables = tables_in(&mem);
+        let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["FACP", "APIC", "DSDT"]);
+        assert_eq!(tables[2].1, dsdt(&[]).as_slice());
+        let dsdt = disassemble("dsdt", &tables[2].1);
+        assert!(!dsdt.contains("PCI0") && dsdt.contains("COM1"), "{dsdt}");
+    }
+
+    #[test]
+    fn no_64_bit_window_when_its_size_is_zero() {
+        let windows = PciWindows {
+            mmio64: (0, 0),
+            ..PciWindows::from_layout((0, 0))
+        };
+        assert_eq!(windows.mmio32, (0xc000_0000, 0x2000_0000));
+        let dsdt = disassemble("dsdt", dsdt(&[&PciHostBridge(windows)]).as_slice());
+        assert!(dsdt.contains("Device (PCI0)"), "{dsdt}");
+        assert!(!dsdt.contains("QWordMemory"), "{dsdt}");
+    }
 }
