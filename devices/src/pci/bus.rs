@@ -644,6 +644,92 @@ mod tests {
         assert!(!f.mmio.read(0xd100_0000, &mut b));
     }
 
+    /// A function whose 64-bit BAR 0 holds an MSI-X table at 0 and its PBA at 0x800.
+    struct MsixFunction {
+        config: PciConfig,
+        msix: Arc<Mutex<crate::pci::Msix>>,
+    }
+
+    impl PciDevice for MsixFunction {
+        fn config(&self) -> &PciConfig {
+            &self.config
+        }
+        fn config_mut(&mut self) -> &mut PciConfig {
+            &mut self.config
+        }
+        fn write_config(&mut self, offset: u16, data: &[u8]) -> Vec<BarReprogram> {
+            let moved = self.config.write(offset, data);
+            let mut msix = self.msix.lock().unwrap();
+            msix.config_written(&self.config, offset, data.len())
+                .unwrap();
+            moved
+        }
+        fn read_bar(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
+            if !self.msix.lock().unwrap().read_bar(offset, data) {
+                data.fill(0);
+            }
+        }
+        fn write_bar(&mut self, _bar: u8, offset: u64, data: &[u8]) {
+            self.msix.lock().unwrap().write_bar(offset, data).unwrap();
+        }
+    }
+
+    #[test]
+    fn msix_programmed_by_the_guest_through_ecam_and_the_bar() {
+        use crate::interrupt::{RecordingInterrupts, VectorInterrupts};
+        use crate::pci::{MsixLayout, MsixVectors};
+
+        let f = fixture();
+        let rec = Arc::new(RecordingInterrupts::new());
+        let layout = MsixLayout {
+            bar: 0,
+            vectors: 2,
+            table_offset: 0,
+            pba_offset: 0x800,
+        };
+        let msix = Arc::new(Mutex::new(
+            crate::pci::Msix::new(layout, rec.clone()).unwrap(),
+        ));
+        let mut config = PciConfig::new(&HOST_BRIDGE_IDS);
+        config
+            .add_bar(Bar {
+                index: 0,
+                size: 0x1000,
+                kind: BarKind::Memory64 {
+                    prefetchable: false,
+                },
+            })
+            .unwrap();
+        let cap = msix.lock().unwrap().add_capability(&mut config).unwrap();
+        let device = Arc::new(Mutex::new(MsixFunction {
+            config,
+            msix: msix.clone(),
+        }));
+        let slot = f.root.add_device(device, &mut allocator()).unwrap();
+        let ecam = 0xe000_0000 + (u64::from(slot) << 15);
+
+        // The guest finds the capability through the list, then programs vector 1 and enables.
+        assert_eq!(ecam_read(&f.mmio, 0, u64::from(slot), 0, 0x34) & 0xff, 0x40);
+        assert_eq!(ecam_read(&f.mmio, 0, u64::from(slot), 0, 0x40) & 0xff, 0x11);
+        let table = 0x1_0000_0000u64;
+        assert!(f.mmio.write(table + 16, &0xfee0_0000u64.to_le_bytes()));
+        assert!(f.mmio.write(table + 24, &0x45u32.to_le_bytes()));
+        assert!(f.mmio.write(
+            ecam + u64::from(cap) + 2,
+            &crate::pci::msix::CONTROL_ENABLE.to_le_bytes()
+        ));
+        let vectors = MsixVectors(msix);
+        vectors.trigger(1).unwrap();
+        assert!(rec.triggered().is_empty(), "vector 1 is still masked");
+        let mut pba = [0u8; 8];
+        assert!(f.mmio.read(table + 0x800, &mut pba));
+        assert_eq!(u64::from_le_bytes(pba), 0b10);
+        assert!(f.mmio.write(table + 28, &0u32.to_le_bytes()));
+        assert_eq!(rec.triggered(), vec![1]);
+        vectors.trigger(1).unwrap();
+        assert_eq!(rec.triggered(), vec![1, 1]);
+    }
+
     #[test]
     fn slots_run_out() {
         let f = fixture();
