@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 resources/setup/deps.sh
+if [ "$(id -u)" -eq 0 ]; then resources/setup/kvm-access.sh; fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo build --workspace --release

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 resources/setup/deps.sh
+if [ "$(id -u)" -eq 0 ]; then resources/setup/kvm-access.sh; fi
 cargo build --workspace --release
 resources/guest/build.sh
 exec target/release/paddock-testhost -- paddock run -- uname -a

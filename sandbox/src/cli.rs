@@ -10,6 +10,10 @@ use std::path::PathBuf;
     about = "A rootless VMM for Kubernetes pods and local runs"
 )]
 pub struct Cli {
+    /// Started as root: the unprivileged user (numeric UID[:GID]) to switch to before anything is
+    /// opened. Paddock refuses to run as root without it.
+    #[arg(long, global = true, value_name = "UID[:GID]")]
+    pub user: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

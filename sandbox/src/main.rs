@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod default_guest;
+mod privilege;
 mod run;
 
 use clap::Parser;
@@ -19,6 +20,6 @@ fn main() -> ExitCode {
         .init();
     let cli = cli::Cli::parse();
     match cli.command {
-        cli::Command::Run(args) => run::run(args),
+        cli::Command::Run(args) => run::run(cli.user.as_deref(), args),
     }
 }

@@ -3,7 +3,9 @@
 use crate::cli::RunArgs;
 use crate::config::{self, SerialTarget};
 use crate::default_guest::{self, ExitWatcher, NO_STATUS};
+use crate::privilege;
 use crate::{EXIT_CANNOT_START, EXIT_GUEST_FAILED};
+use caps::CapsHashSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -14,7 +16,15 @@ fn cannot_start(err: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_CANNOT_START)
 }
 
-pub fn run(args: RunArgs) -> ExitCode {
+pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
+    // Before any file or device is opened, so that everything is done as the user a pod runs as.
+    let user = match user.map(privilege::parse_user).transpose() {
+        Ok(u) => u,
+        Err(e) => return cannot_start(e),
+    };
+    if let Err(e) = privilege::enter(user, &CapsHashSet::new()) {
+        return cannot_start(e);
+    }
     let vcpus = match config::parse_cpus(&args.cpus) {
         Ok(n) => n,
         Err(e) => return cannot_start(e),

@@ -34,3 +34,31 @@ pub fn paddock_bin() -> PathBuf {
 pub fn guest_dir() -> PathBuf {
     root().join("target/guest")
 }
+
+/// The uid tests give paddock when they run as root.
+pub const TEST_UID: u32 = 1000;
+
+/// Arguments that let the tests' `paddock` run: paddock refuses to run as root, so when the tests
+/// run as root they switch it to uid 1000 with the group owning /dev/kvm
+/// (`resources/setup/kvm-access.sh` makes that group kvm, mode 0660). Empty when not root.
+pub fn paddock_user_args() -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Vec::new();
+    }
+    let gid = match std::fs::metadata("/dev/kvm") {
+        Ok(m) if m.gid() != 0 && m.mode() & 0o060 == 0o060 => m.gid(),
+        Ok(m) if m.mode() & 0o006 == 0o006 => TEST_UID,
+        _ => panic!(
+            "tests run as root and /dev/kvm is not group-accessible: run resources/setup/kvm-access.sh"
+        ),
+    };
+    vec!["--user".into(), format!("{TEST_UID}:{gid}")]
+}
+
+/// Makes a file the tests wrote readable by the unprivileged paddock.
+pub fn share_with_paddock(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}

@@ -9,9 +9,11 @@ pub fn write_first_byte_guest(dir: &Path) -> Result<PathBuf, TinyGuestError> {
     let program = Program::new(*b"!", Ending::AcpiPowerOff);
     let bytes = build_image(BootFormat::PvhElf, &program)?;
     let path = dir.join("first-byte.elf");
-    std::fs::write(&path, bytes).map_err(|source| TinyGuestError::Io {
-        what: format!("writing {}", path.display()),
-        source,
-    })?;
+    std::fs::write(&path, bytes)
+        .and_then(|()| crate::workspace::share_with_paddock(&path))
+        .map_err(|source| TinyGuestError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
     Ok(path)
 }

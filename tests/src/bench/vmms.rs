@@ -77,7 +77,10 @@ impl Vmm {
         let cpus = guest.cpus.to_string();
         match self.kind {
             VmmKind::Paddock => {
-                cmd.args(["run", "--kernel"]).arg(guest.kernel);
+                cmd.arg("run")
+                    .args(crate::workspace::paddock_user_args())
+                    .arg("--kernel")
+                    .arg(guest.kernel);
                 if let Some(i) = guest.initramfs {
                     cmd.arg("--initramfs").arg(i);
                 }

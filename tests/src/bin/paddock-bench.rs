@@ -89,6 +89,12 @@ fn boot(args: BootArgs) -> Result<()> {
         vmms.push(parse_peer(p)?);
     }
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    // Paddock may run as another user (see workspace::paddock_user_args): let it read the guest.
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .context("opening the scratch directory to paddock")?;
     let first_byte = if args.no_first_instruction {
         None
     } else {

@@ -62,8 +62,13 @@ pub fn boot(kernel: &Path, timeout: Duration) -> Result<GuestRun, TinyGuestError
     if !bin.exists() {
         return Err(TinyGuestError::PaddockMissing(bin));
     }
+    workspace::share_with_paddock(kernel).map_err(|source| TinyGuestError::Io {
+        what: format!("making {} readable", kernel.display()),
+        source,
+    })?;
     let mut cmd = Command::new(&bin);
     cmd.arg("run")
+        .args(workspace::paddock_user_args())
         .arg("--kernel")
         .arg(kernel)
         .args(["--cpus", "1", "--memory", "64M", "--serial", "stdout"])
