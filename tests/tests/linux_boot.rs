@@ -55,6 +55,15 @@ fn scenario() -> Scenario {
     .check_as_user("poweroff", BOOT, &run_guest("vmlinuz", 1, "-- poweroff -f"))
     .check_as_user("reboot", BOOT, &run_guest("vmlinuz", 1, "-- reboot -f"))
     .check_as_user(
+        "pci-host-bridge",
+        BOOT,
+        &run_guest(
+            "vmlinuz",
+            1,
+            "-- sh -c 'cat /sys/bus/pci/devices/0000:00:00.0/class; dmesg | grep -c MMCONFIG.for.domain'",
+        ),
+    )
+    .check_as_user(
         "panic",
         BOOT,
         &run_guest("vmlinuz", 1, "-- sh -c 'echo c > /proc/sysrq-trigger'"),
@@ -238,6 +247,13 @@ fn default_guest_boots_and_bad_input_is_refused() {
     v.expect(
         r.stderr.to_lowercase().contains("reset"),
         "reboot: the message must mention the reset",
+        r,
+    );
+    let r = report.check("pci-host-bridge");
+    let lines = guest_lines(r);
+    v.expect(
+        r.status == 0 && lines.contains(&"0x060000") && lines.contains(&"1"),
+        "pci-host-bridge: the guest must find the host bridge at 00:00.0 and use the MCFG's ECAM",
         r,
     );
     let r = report.check("panic");

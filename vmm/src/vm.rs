@@ -6,6 +6,7 @@ use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
 use devices::legacy;
 use devices::legacy::serial::{SerialConsole, SERIAL_PORT_SPAN};
+use devices::pci::{MmioBarMapper, PciConfigIo, PciConfigMmio, PciRoot};
 use devices::{Bus, BusDevice, ExitRequest, ExitSignal};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -15,6 +16,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
+
+/// PCI configuration mechanism #1: address port 0xcf8, data ports 0xcfc..=0xcff.
+const PCI_CONFIG_IO_PORT: u64 = 0xcf8;
+const PCI_CONFIG_IO_SPAN: u64 = 8;
 
 /// Address of the TSS KVM needs on Intel hosts (three pages just below the BIOS area at 4 GiB).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -103,6 +108,7 @@ pub struct Vm {
     _kvm: Kvm,
     _pio: Arc<Bus>,
     _mmio: Arc<Bus>,
+    _pci: Arc<PciRoot>,
     _mem: GuestMemoryMmap,
 }
 
@@ -180,6 +186,7 @@ impl Vm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
+        let pci = add_pci_root(&pio, &mmio)?;
         if let Some(input) = cfg.serial_in {
             spawn_serial_input(serial, input).map_err(io("starting the serial input thread"))?;
         }
@@ -209,6 +216,7 @@ impl Vm {
             _kvm: kvm,
             _pio: pio,
             _mmio: mmio,
+            _pci: pci,
             _mem: mem,
         })
     }
@@ -279,6 +287,23 @@ impl Vm {
         }
         self.state = VmState::Shutdown;
     }
+}
+
+/// The PCI root bus with its host bridge, reachable through ports 0xcf8/0xcfc and ECAM (the window
+/// the ACPI MCFG announces); BARs the guest moves are re-mapped on the MMIO bus.
+fn add_pci_root(pio: &Bus, mmio: &Arc<Bus>) -> Result<Arc<PciRoot>, VmError> {
+    let root = Arc::new(PciRoot::new(Arc::new(MmioBarMapper::new(mmio.clone()))));
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+        PCI_CONFIG_IO_PORT,
+        PCI_CONFIG_IO_SPAN,
+    )?;
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+        arch::layout::PCI_ECAM_START,
+        arch::layout::PCI_ECAM_SIZE,
+    )?;
+    Ok(root)
 }
 
 fn add_legacy_devices(

@@ -59,3 +59,14 @@ pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
 /// ACPI tables: RSDP at the start of the BIOS read-only area, the other tables after it.
 pub const RSDP_START: u64 = 0xe_0000;
 pub const ACPI_TABLES_END: u64 = HIGH_MEMORY_START;
+
+/// Size of the 64-bit PCI window for 64-bit BARs.
+pub const PCI_MMIO64_SIZE: u64 = 32 << 30;
+
+/// The 64-bit PCI window: the first `PCI_MMIO64_SIZE`-aligned address at or above both 4 GiB and
+/// the end of guest RAM, so the window never overlaps RAM whatever its size.
+pub fn pci_mmio64_window(ram_end: u64) -> (u64, u64) {
+    let floor = ram_end.max(HIGH_RAM_START);
+    let base = floor.div_ceil(PCI_MMIO64_SIZE) * PCI_MMIO64_SIZE;
+    (base, PCI_MMIO64_SIZE)
+}

@@ -107,6 +107,17 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
     }
 }
 
+/// The PCI windows of a VM with this guest RAM: what the ACPI tables announce and the BAR
+/// allocator hands out.
+pub fn pci_windows(mem: &GuestMemoryMmap) -> acpi::PciWindows {
+    let ram_end = mem
+        .iter()
+        .map(|r| r.start_addr().0 + r.len())
+        .max()
+        .unwrap_or(0);
+    acpi::PciWindows::from_layout(layout::pci_mmio64_window(ram_end))
+}
+
 /// End of the RAM that starts at 0 (adjacent regions joined), below the 32-bit hole.
 fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
     let mut end = 0;
@@ -177,7 +188,7 @@ pub fn load_linux(
         }
         None => None,
     };
-    let rsdp = acpi::write_tables(mem, ncpus, &[], &[])?;
+    let rsdp = acpi::write_platform_tables(mem, ncpus, Some(&pci_windows(mem)))?;
     reset_vector::write(mem)?;
     let map = e820::memory_map(mem);
 
