@@ -1,6 +1,6 @@
 //! Command line: `paddock run ...`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -22,6 +22,24 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest. Without --kernel, boots the default guest and runs CMD in it.
     Run(RunArgs),
+    /// Print the SELinux CIL module, the OpenShift SCC, or the seccomp filter table.
+    Policy(PolicyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    #[arg(value_enum)]
+    pub kind: PolicyKind,
+    /// seccomp: only the size of each thread category's allow list.
+    #[arg(long)]
+    pub summary: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    Selinux,
+    Scc,
+    Seccomp,
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +62,10 @@ pub struct RunArgs {
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]
     pub serial: String,
+    /// Seccomp filters on every thread: `enforce` (a forbidden call is reported and ends the
+    /// run), `log` (allowed and logged by the kernel), `off` (no filters; debugging only).
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub seccomp: crate::seccomp::Mode,
     /// Command to run in the guest (the default guest's /init runs it and reports its status).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

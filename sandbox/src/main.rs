@@ -3,8 +3,10 @@
 mod cli;
 mod config;
 mod default_guest;
+mod policy;
 mod privilege;
 mod run;
+mod seccomp;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -21,5 +23,6 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Run(args) => run::run(cli.user.as_deref(), args),
+        cli::Command::Policy(args) => policy::print(&args),
     }
 }

@@ -4,11 +4,13 @@ use crate::cli::RunArgs;
 use crate::config::{self, SerialTarget};
 use crate::default_guest::{self, ExitWatcher, NO_STATUS};
 use crate::privilege;
+use crate::seccomp;
 use crate::{EXIT_CANNOT_START, EXIT_GUEST_FAILED};
 use caps::CapsHashSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use vmm::threads::ThreadCategory;
 use vmm::vm::{Outcome, Vm, VmConfig};
 
 fn cannot_start(err: impl std::fmt::Display) -> ExitCode {
@@ -23,6 +25,10 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Err(e) => return cannot_start(e),
     };
     if let Err(e) = privilege::enter(user, &CapsHashSet::new()) {
+        return cannot_start(e);
+    }
+    // Before any thread starts: every thread gets its filter as it is spawned.
+    if let Err(e) = seccomp::enable(args.seccomp) {
         return cannot_start(e);
     }
     let vcpus = match config::parse_cpus(&args.cpus) {
@@ -85,6 +91,13 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
     };
     if let Err(e) = vm.start() {
         return cannot_start(e);
+    }
+    // The main thread's own filter goes on once the threads it spawns are running: they would
+    // inherit it, and it does not allow what they do (KVM_RUN).
+    if let Err(e) = vmm::threads::install_for_current_thread(ThreadCategory::Vmm) {
+        eprintln!("paddock: {e}");
+        // vCPUs are running: end the process rather than unwind around them.
+        std::process::exit(EXIT_CANNOT_START.into());
     }
     let outcome = vm.wait();
     let _ = std::io::stdout().flush();

@@ -3,5 +3,6 @@
 pub mod arch;
 pub mod kvm;
 pub mod memory;
+pub mod threads;
 pub mod vcpu;
 pub mod vm;

@@ -1,12 +1,12 @@
 //! vCPU threads: each runs KVM_RUN in a loop and dispatches port-I/O and MMIO exits to the buses.
 
+use crate::threads::{self, ThreadCategory, ThreadHandle};
 use devices::{Bus, ExitRequest, ExitSignal};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 /// Why a vCPU stopped the VM on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ pub struct Vcpu {
 
 /// A running vCPU thread.
 pub struct VcpuHandle {
-    thread: JoinHandle<()>,
+    thread: ThreadHandle<()>,
 }
 
 impl VcpuHandle {
@@ -122,9 +122,12 @@ impl Vcpu {
     /// Starts the vCPU on a thread named `CPU N/KVM`, as QEMU names them.
     pub fn start(self) -> std::io::Result<VcpuHandle> {
         install_kick_handler()?;
-        let thread = std::thread::Builder::new()
-            .name(format!("CPU {}/KVM", self.id))
-            .spawn(move || self.run_loop())?;
+        let thread = threads::spawn(
+            ThreadCategory::Vcpu,
+            format!("CPU {}/KVM", self.id),
+            move || self.run_loop(),
+        )
+        .map_err(std::io::Error::other)?;
         Ok(VcpuHandle { thread })
     }
 

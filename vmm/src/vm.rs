@@ -334,9 +334,10 @@ fn spawn_serial_input(
     serial: Arc<Mutex<SerialConsole>>,
     mut input: Box<dyn Read + Send>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("serial-in".into())
-        .spawn(move || {
+    crate::threads::spawn(
+        crate::threads::ThreadCategory::Vmm,
+        "serial-in",
+        move || {
             let mut buf = [0u8; 64];
             while let Ok(n) = input.read(&mut buf) {
                 if n == 0 {
@@ -358,6 +359,8 @@ fn spawn_serial_input(
                     }
                 }
             }
-        })
-        .map(|_| ())
+        },
+    )
+    .map(|_| ())
+    .map_err(std::io::Error::other)
 }

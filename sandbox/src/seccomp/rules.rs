@@ -1,0 +1,303 @@
+//! The allow lists, as data: one entry per system call (and per argument value where an argument is
+//! checked), each with the reason it is there. Everything not listed is denied.
+//!
+//! Found by `strace -f` on `paddock run` with tiny guests (see docs/security.md), plus what std and
+//! glibc do around a thread's end. Argument values are checked as 32-bit words: ioctl requests,
+//! socket families, fcntl/prctl/madvise operations and clone flags all fit in 32 bits.
+
+use vmm::threads::ThreadCategory;
+
+/// When an allowed call is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// Argument `arg` equals `value` (named `name` in the policy table).
+    ArgIs {
+        arg: u8,
+        value: u64,
+        name: &'static str,
+    },
+    /// Argument `arg` has none of the bits of `mask` set.
+    ArgLacks {
+        arg: u8,
+        mask: u64,
+        name: &'static str,
+    },
+}
+
+impl std::fmt::Display for When {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            When::Always => f.write_str("any arguments"),
+            When::ArgIs { arg, value, name } => write!(f, "arg{arg} == {name} ({value:#x})"),
+            When::ArgLacks { arg, mask, name } => write!(f, "arg{arg} without {name} ({mask:#x})"),
+        }
+    }
+}
+
+/// One allowed (system call, condition) pair.
+#[derive(Clone, Copy, Debug)]
+pub struct Allow {
+    pub call: &'static str,
+    pub nr: i64,
+    pub when: When,
+    /// The job, or the seed allowance, this entry serves.
+    pub reason: &'static str,
+}
+
+const fn always(call: &'static str, nr: i64, reason: &'static str) -> Allow {
+    Allow {
+        call,
+        nr,
+        when: When::Always,
+        reason,
+    }
+}
+
+const fn arg_is(
+    call: &'static str,
+    nr: i64,
+    arg: u8,
+    value: u64,
+    name: &'static str,
+    reason: &'static str,
+) -> Allow {
+    Allow {
+        call,
+        nr,
+        when: When::ArgIs { arg, value, name },
+        reason,
+    }
+}
+
+const fn no_exec(call: &'static str, nr: i64, reason: &'static str) -> Allow {
+    Allow {
+        call,
+        nr,
+        when: When::ArgLacks {
+            arg: 2,
+            mask: libc::PROT_EXEC as u64,
+            name: "PROT_EXEC",
+        },
+        reason,
+    }
+}
+
+// ioctl request numbers (`_IO`/`_IOR`/`_IOW` encodings, checked against strace of a run).
+pub const KVM_RUN: u64 = 0xae80;
+pub const KVM_GET_REGS: u64 = 0x8090_ae81;
+pub const TUNSETQUEUE: u64 = 0x4004_54d9;
+pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+
+/// The flags glibc's pthread_create passes to clone(2): a thread, never a process.
+pub const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
+
+/// Every thread: what std, glibc and the SIGSYS reporter need for a thread to live and end.
+#[rustfmt::skip]
+const EVERY_THREAD: &[Allow] = &[
+    always("write", libc::SYS_write, "console output, eventfd/irqfd signalling, and the SIGSYS report itself"),
+    always("futex", libc::SYS_futex, "std Mutex/Condvar/Once and thread join"),
+    always("rt_sigreturn", libc::SYS_rt_sigreturn, "return from the vCPU kick signal (SIGRTMIN) handler"),
+    always("rt_sigprocmask", libc::SYS_rt_sigprocmask, "glibc blocks signals while a thread ends"),
+    always("sigaltstack", libc::SYS_sigaltstack, "std removes a thread's signal stack when it ends"),
+    always("munmap", libc::SYS_munmap, "freeing memory: a thread's signal stack, a vCPU's kvm_run page"),
+    arg_is("madvise", libc::SYS_madvise, 2, libc::MADV_DONTNEED as u64, "MADV_DONTNEED", "glibc returns an ended thread's stack to the kernel"),
+    no_exec("mmap", libc::SYS_mmap, "allocation (malloc arenas, signal stacks); never executable"),
+    no_exec("mprotect", libc::SYS_mprotect, "guard pages and arena growth; never executable"),
+    always("close", libc::SYS_close, "a thread drops its fds (the vCPU fd when its thread ends)"),
+    arg_is("fcntl", libc::SYS_fcntl, 1, libc::F_GETFD as u64, "F_GETFD", "std checks an fd is open before closing it"),
+    always("exit", libc::SYS_exit, "a thread ends"),
+    always("exit_group", libc::SYS_exit_group, "the process ends (also the SIGSYS reporter's _exit)"),
+];
+
+/// vCPU threads: KVM_RUN and the register read for fault reports, nothing else.
+#[rustfmt::skip]
+const VCPU: &[Allow] = &[
+    arg_is("ioctl", libc::SYS_ioctl, 1, KVM_RUN, "KVM_RUN", "run the vCPU (vcpu.rs run_once)"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, KVM_GET_REGS, "KVM_GET_REGS", "guest RIP for a vCPU fault report (vcpu.rs Vcpu::rip)"),
+];
+
+/// What a thread needs to start others (and have them install their own filters).
+#[rustfmt::skip]
+const SPAWNER: &[Allow] = &[
+    arg_is("clone", libc::SYS_clone, 0, THREAD_CLONE_FLAGS, "thread flags", "start a thread (never a process: fork/vfork flags differ)"),
+    always("clone3", libc::SYS_clone3, "answered ENOSYS by a second filter, so glibc falls back to clone, whose flags are checked"),
+    always("rseq", libc::SYS_rseq, "glibc registers each new thread for restartable sequences"),
+    always("set_robust_list", libc::SYS_set_robust_list, "glibc sets up each new thread's robust futexes"),
+    arg_is("prctl", libc::SYS_prctl, 0, libc::PR_SET_NAME as u64, "PR_SET_NAME", "std names the new thread (`CPU N/KVM`)"),
+    arg_is("prctl", libc::SYS_prctl, 0, libc::PR_GET_NAME as u64, "PR_GET_NAME", "the new thread records its name for SIGSYS reports"),
+    arg_is("prctl", libc::SYS_prctl, 0, libc::PR_SET_NO_NEW_PRIVS as u64, "PR_SET_NO_NEW_PRIVS", "set before a filter is installed (already set; idempotent)"),
+    arg_is("seccomp", libc::SYS_seccomp, 0, libc::SECCOMP_SET_MODE_FILTER as u64, "SECCOMP_SET_MODE_FILTER", "the new thread installs its own, narrower filter"),
+    always("sched_getaffinity", libc::SYS_sched_getaffinity, "std/glibc read the CPU mask when a thread starts"),
+    always("gettid", libc::SYS_gettid, "std records the new thread's id"),
+];
+
+/// The main thread after the VM runs (wait, kick, tear down) and the console input thread.
+#[rustfmt::skip]
+const VMM: &[Allow] = &[
+    always("read", libc::SYS_read, "the exit/fault eventfds; console input from stdin"),
+    always("poll", libc::SYS_poll, "wait for the guest's power-off/reset or a vCPU fault (vm.rs Vm::wait)"),
+    always("getpid", libc::SYS_getpid, "pthread_kill (the vCPU kick) names the process to tgkill"),
+    always("tgkill", libc::SYS_tgkill, "kick a vCPU out of KVM_RUN with SIGRTMIN when the VM stops"),
+    always("clock_nanosleep", libc::SYS_clock_nanosleep, "back-off while vCPUs stop and while the guest drains console input"),
+];
+
+/// The control API: a Unix socket server, reading /proc for metrics.
+#[rustfmt::skip]
+const API: &[Allow] = &[
+    always("read", libc::SYS_read, "requests and eventfds"),
+    arg_is("socket", libc::SYS_socket, 0, libc::AF_UNIX as u64, "AF_UNIX", "the API socket; no other family (netlink audit is the seed's nlmsg_relay, not needed)"),
+    always("accept4", libc::SYS_accept4, "accept API clients"),
+    always("recvfrom", libc::SYS_recvfrom, "read API requests"),
+    always("sendto", libc::SYS_sendto, "write API responses"),
+    always("epoll_wait", libc::SYS_epoll_wait, "wait for clients and the stop eventfd"),
+    always("epoll_ctl", libc::SYS_epoll_ctl, "watch client sockets"),
+    Allow {
+        call: "openat",
+        nr: libc::SYS_openat,
+        when: When::ArgLacks {
+            arg: 2,
+            mask: (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64,
+            name: "O_WRONLY|O_RDWR|O_CREAT|O_TRUNC",
+        },
+        reason: "read-only opens of /proc for metrics: seed `proc_type file (getattr open read)`",
+    },
+    always("newfstatat", libc::SYS_newfstatat, "seed `proc_type file (getattr ...)`: size of a /proc file"),
+];
+
+/// A virtio-net queue-pair worker: the tap and eventfds only.
+#[rustfmt::skip]
+const NET_WORKER: &[Allow] = &[
+    always("read", libc::SYS_read, "tap frames to the guest; ioeventfd kicks"),
+    always("readv", libc::SYS_readv, "tap frames into scattered guest buffers"),
+    always("writev", libc::SYS_writev, "guest frames to the tap with their virtio-net header"),
+    always("epoll_wait", libc::SYS_epoll_wait, "wait for the tap and the queue's ioeventfd"),
+    always("epoll_ctl", libc::SYS_epoll_ctl, "toggle tap readiness interest as RX buffers come and go"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETQUEUE, "TUNSETQUEUE", "VIRTIO_NET_CTRL_MQ attaches/detaches the queue: seed `tun_socket attach_queue`"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETOFFLOAD, "TUNSETOFFLOAD", "guest offload changes (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET)"),
+];
+
+/// The vhost-user frontend: the Unix socket to virtiofsd, fds passed with SCM_RIGHTS.
+#[rustfmt::skip]
+const VHOST_USER: &[Allow] = &[
+    always("read", libc::SYS_read, "eventfds"),
+    arg_is("socket", libc::SYS_socket, 0, libc::AF_UNIX as u64, "AF_UNIX", "the vhost-user socket; no other family"),
+    always("connect", libc::SYS_connect, "connect to the backend's socket"),
+    always("sendmsg", libc::SYS_sendmsg, "vhost-user messages with memory/eventfd fds"),
+    always("recvmsg", libc::SYS_recvmsg, "vhost-user replies"),
+    always("epoll_wait", libc::SYS_epoll_wait, "wait for the backend and the stop eventfd"),
+    always("epoll_ctl", libc::SYS_epoll_ctl, "watch the backend socket"),
+];
+
+/// The bundled virtiofsd: file operations below the shared directory, no mounts (it runs
+/// without a namespace sandbox, as KubeVirt runs virtiofsd with `--sandbox=none`).
+#[rustfmt::skip]
+const VIRTIOFSD: &[Allow] = &[
+    always("read", libc::SYS_read, "eventfds and file reads"),
+    always("pread64", libc::SYS_pread64, "FUSE_READ"),
+    always("pwrite64", libc::SYS_pwrite64, "FUSE_WRITE"),
+    always("openat", libc::SYS_openat, "FUSE_OPEN/FUSE_CREATE/FUSE_LOOKUP below the shared directory"),
+    always("newfstatat", libc::SYS_newfstatat, "FUSE_GETATTR/FUSE_LOOKUP"),
+    always("statx", libc::SYS_statx, "FUSE_GETATTR with mount ids"),
+    always("fstatfs", libc::SYS_fstatfs, "FUSE_STATFS"),
+    always("getdents64", libc::SYS_getdents64, "FUSE_READDIR"),
+    always("lseek", libc::SYS_lseek, "FUSE_LSEEK and directory offsets"),
+    always("mkdirat", libc::SYS_mkdirat, "FUSE_MKDIR"),
+    always("unlinkat", libc::SYS_unlinkat, "FUSE_UNLINK/FUSE_RMDIR"),
+    always("renameat2", libc::SYS_renameat2, "FUSE_RENAME2"),
+    always("linkat", libc::SYS_linkat, "FUSE_LINK"),
+    always("symlinkat", libc::SYS_symlinkat, "FUSE_SYMLINK"),
+    always("readlinkat", libc::SYS_readlinkat, "FUSE_READLINK"),
+    always("fchmodat", libc::SYS_fchmodat, "FUSE_SETATTR mode"),
+    always("fchownat", libc::SYS_fchownat, "FUSE_SETATTR owner (within the pod's own uid)"),
+    always("utimensat", libc::SYS_utimensat, "FUSE_SETATTR times"),
+    always("ftruncate", libc::SYS_ftruncate, "FUSE_SETATTR size"),
+    always("fallocate", libc::SYS_fallocate, "FUSE_FALLOCATE"),
+    always("fsync", libc::SYS_fsync, "FUSE_FSYNC"),
+    always("fdatasync", libc::SYS_fdatasync, "FUSE_FSYNC with datasync"),
+    always("flock", libc::SYS_flock, "FUSE_SETLK (BSD locks)"),
+    arg_is("socket", libc::SYS_socket, 0, libc::AF_UNIX as u64, "AF_UNIX", "the vhost-user listening socket"),
+    always("accept4", libc::SYS_accept4, "accept the frontend"),
+    always("sendmsg", libc::SYS_sendmsg, "vhost-user replies"),
+    always("recvmsg", libc::SYS_recvmsg, "vhost-user messages with memory/eventfd fds"),
+    always("epoll_wait", libc::SYS_epoll_wait, "wait for queue kicks"),
+    always("epoll_ctl", libc::SYS_epoll_ctl, "watch queue eventfds"),
+];
+
+/// The category's own entries, without the ones every thread has.
+fn own(category: ThreadCategory) -> Vec<&'static Allow> {
+    let lists: &[&[Allow]] = match category {
+        ThreadCategory::Vmm => &[VMM, SPAWNER],
+        ThreadCategory::Api => &[API, SPAWNER],
+        ThreadCategory::Vcpu => &[VCPU],
+        ThreadCategory::NetWorker => &[NET_WORKER],
+        ThreadCategory::VhostUser => &[VHOST_USER],
+        ThreadCategory::Virtiofsd => &[VIRTIOFSD],
+    };
+    lists.iter().flat_map(|l| l.iter()).collect()
+}
+
+/// Every entry that applies to `category`.
+pub fn allow_list(category: ThreadCategory) -> Vec<&'static Allow> {
+    EVERY_THREAD.iter().chain(own(category)).collect()
+}
+
+/// Distinct system calls `category` may make.
+pub fn syscall_count(category: ThreadCategory) -> usize {
+    let mut nrs: Vec<i64> = allow_list(category).iter().map(|a| a.nr).collect();
+    nrs.sort_unstable();
+    nrs.dedup();
+    nrs.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_has_a_reason_and_a_known_number() {
+        for c in ThreadCategory::ALL {
+            for a in allow_list(c) {
+                assert!(!a.reason.is_empty(), "{c}: {} has no reason", a.call);
+                assert_eq!(
+                    crate::seccomp::syscall_names::name(a.nr),
+                    Some(a.call),
+                    "{c}: entry named {} has number {}",
+                    a.call,
+                    a.nr
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn vcpu_list_is_the_smallest() {
+        let vcpu = syscall_count(ThreadCategory::Vcpu);
+        for c in ThreadCategory::ALL {
+            if c != ThreadCategory::Vcpu {
+                assert!(syscall_count(c) > vcpu, "{c} is not larger than vcpu");
+            }
+        }
+    }
+
+    #[test]
+    fn kvm_run_only_on_vcpus_and_tun_only_on_net_workers() {
+        let has = |c, v| {
+            allow_list(c).iter().any(|a| {
+                a.call == "ioctl" && matches!(a.when, When::ArgIs { value, .. } if value == v)
+            })
+        };
+        for c in ThreadCategory::ALL {
+            assert_eq!(has(c, KVM_RUN), c == ThreadCategory::Vcpu, "{c}");
+            assert_eq!(has(c, TUNSETQUEUE), c == ThreadCategory::NetWorker, "{c}");
+        }
+    }
+}

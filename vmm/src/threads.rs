@@ -1,0 +1,233 @@
+//! The one way Paddock starts a thread: [`spawn`] runs the process-wide filter installer inside the
+//! new thread before the thread's work, so no thread runs Paddock code without its seccomp filter.
+//!
+//! The binary sets the installer once ([`set_filter_installer`]); without one (library users, unit
+//! tests) threads run unfiltered. A thread inherits the filter of the thread that spawns it, and
+//! filters only ever narrow: a thread that spawns others must do so before installing a filter
+//! narrower than theirs. That is why the main thread installs its own ([`install_for_current_thread`])
+//! after the VM's threads are started, not before.
+
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use vmm_sys_util::signal::Killable;
+
+/// What a thread does, which decides the system calls it may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ThreadCategory {
+    /// The main thread: builds the VM, waits for its end, tears it down; also console input.
+    Vmm,
+    /// The control API server.
+    Api,
+    /// A vCPU: KVM_RUN and the exits it dispatches to device models.
+    Vcpu,
+    /// A virtio-net queue-pair worker: tap reads/writes, eventfds.
+    NetWorker,
+    /// The vhost-user frontend talking to a virtiofsd.
+    VhostUser,
+    /// The bundled virtiofsd backend.
+    Virtiofsd,
+}
+
+impl ThreadCategory {
+    pub const ALL: [ThreadCategory; 6] = [
+        ThreadCategory::Vmm,
+        ThreadCategory::Api,
+        ThreadCategory::Vcpu,
+        ThreadCategory::NetWorker,
+        ThreadCategory::VhostUser,
+        ThreadCategory::Virtiofsd,
+    ];
+
+    /// The name used on the command line, in `paddock policy seccomp` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadCategory::Vmm => "vmm",
+            ThreadCategory::Api => "api",
+            ThreadCategory::Vcpu => "vcpu",
+            ThreadCategory::NetWorker => "net-worker",
+            ThreadCategory::VhostUser => "vhost-user",
+            ThreadCategory::Virtiofsd => "virtiofsd",
+        }
+    }
+}
+
+impl std::fmt::Display for ThreadCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Installs the calling thread's filter for a category; the error text names what failed.
+pub type FilterInstaller = fn(ThreadCategory) -> Result<(), String>;
+
+static INSTALLER: OnceLock<FilterInstaller> = OnceLock::new();
+
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadError {
+    #[error("the seccomp filter installer is already set: set it once, at start-up")]
+    InstallerAlreadySet,
+    #[error("thread `{name}`: the OS refused to start it: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("thread `{name}` ({category}): installing its seccomp filter failed, it did not run: {reason}")]
+    Filter {
+        name: String,
+        category: ThreadCategory,
+        reason: String,
+    },
+    #[error("thread `{name}` ended before reporting its seccomp filter (it panicked while installing it)")]
+    Vanished { name: String },
+    #[error("{category} seccomp filter for the calling thread: {reason}")]
+    CurrentThread {
+        category: ThreadCategory,
+        reason: String,
+    },
+}
+
+/// Sets the hook that installs a category's filter in the calling thread. Once per process.
+pub fn set_filter_installer(installer: FilterInstaller) -> Result<(), ThreadError> {
+    INSTALLER
+        .set(installer)
+        .map_err(|_| ThreadError::InstallerAlreadySet)
+}
+
+fn run_installer(category: ThreadCategory) -> Result<(), String> {
+    match INSTALLER.get() {
+        Some(install) => install(category),
+        None => Ok(()),
+    }
+}
+
+/// Installs `category`'s filter on the calling thread (the main thread, once its helpers run).
+pub fn install_for_current_thread(category: ThreadCategory) -> Result<(), ThreadError> {
+    run_installer(category).map_err(|reason| ThreadError::CurrentThread { category, reason })
+}
+
+/// A thread started by [`spawn`]: its work started only after its filter was in place.
+pub struct ThreadHandle<T> {
+    // None only if the work did not run, which `spawn` reports as an error instead of a handle.
+    inner: JoinHandle<Option<T>>,
+}
+
+impl<T> ThreadHandle<T> {
+    pub fn is_finished(&self) -> bool {
+        self.inner.is_finished()
+    }
+
+    /// Waits for the thread; `Err` carries its panic payload.
+    pub fn join(self) -> std::thread::Result<T> {
+        self.inner
+            .join()
+            .and_then(|done| done.ok_or_else(|| Box::new("the thread's work never ran") as Box<_>))
+    }
+
+    /// Sends `signal` to the thread (e.g. to interrupt a blocking call).
+    pub fn kill(&self, signal: i32) -> std::io::Result<()> {
+        self.inner
+            .kill(signal)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+/// Starts `f` on a new thread named `name`, after the `category` filter is installed in it.
+/// Returns only once the filter is in place; if it cannot be, `f` never runs and the error says why.
+pub fn spawn<F, T>(
+    category: ThreadCategory,
+    name: impl Into<String>,
+    f: F,
+) -> Result<ThreadHandle<T>, ThreadError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let name = name.into();
+    let (report, installed) = mpsc::sync_channel::<Result<(), String>>(1);
+    let inner = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let result = run_installer(category);
+            let ok = result.is_ok();
+            // The spawner waits on this; if it is gone, nobody needs the outcome.
+            let _ = report.send(result);
+            drop(report);
+            ok.then(f)
+        })
+        .map_err(|source| ThreadError::Spawn {
+            name: name.clone(),
+            source,
+        })?;
+    match installed.recv() {
+        Ok(Ok(())) => Ok(ThreadHandle { inner }),
+        Ok(Err(reason)) => {
+            // The thread ends by itself without running `f`; its result carries nothing.
+            let _ = inner.join();
+            Err(ThreadError::Filter {
+                name,
+                category,
+                reason,
+            })
+        }
+        Err(_) => {
+            let _ = inner.join();
+            Err(ThreadError::Vanished { name })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // The installer is process-wide, so one test exercises every path in order.
+    static REFUSE_API: AtomicBool = AtomicBool::new(false);
+
+    fn test_installer(category: ThreadCategory) -> Result<(), String> {
+        let name = std::thread::current().name().map(str::to_owned);
+        if category == ThreadCategory::Api && REFUSE_API.load(Ordering::SeqCst) {
+            return Err(format!("refused in {name:?}"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn installer_runs_in_the_new_thread_and_a_refusal_stops_the_work() {
+        // Without an installer, threads run unfiltered.
+        let h = spawn(ThreadCategory::Vcpu, "no-hook", || 7).expect("spawn");
+        assert_eq!(h.join().expect("join"), 7);
+
+        set_filter_installer(test_installer).expect("first set");
+        assert!(matches!(
+            set_filter_installer(test_installer),
+            Err(ThreadError::InstallerAlreadySet)
+        ));
+
+        let h = spawn(ThreadCategory::Api, "api-ok", || {
+            std::thread::current().name().map(str::to_owned)
+        })
+        .expect("spawn");
+        assert_eq!(h.join().expect("join").as_deref(), Some("api-ok"));
+
+        REFUSE_API.store(true, Ordering::SeqCst);
+        let ran = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let err = match spawn(ThreadCategory::Api, "api-refused", move || {
+            flag.store(true, Ordering::SeqCst)
+        }) {
+            Ok(_) => panic!("a refused filter must fail the spawn"),
+            Err(e) => e,
+        };
+        let text = err.to_string();
+        // The installer ran inside the new thread: it saw the thread's name.
+        assert!(text.contains("refused in Some(\"api-refused\")"), "{text}");
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "the work ran without its filter"
+        );
+        assert!(install_for_current_thread(ThreadCategory::Api).is_err());
+        assert!(install_for_current_thread(ThreadCategory::Vmm).is_ok());
+    }
+}
