@@ -20,7 +20,7 @@ pub const SELINUX: &[SeedGrant] = &[
     SeedGrant {
         seed: "allow process proc_type (file (getattr open read))",
         cil: Some("(allow process proc_type (file (getattr open read)))"),
-        why: "start-up reads /proc/meminfo, /proc/self/maps, /proc/cpuinfo and the cgroup cpuset; the API thread reads /proc/self for metrics (its filter allows read-only openat only)",
+        why: "start-up reads /proc/meminfo (memory preflight) and /proc/self/maps (std finds the main thread's stack); CPU placement reads the cgroup cpuset and /proc/cpuinfo; the API thread reads /proc/self for metrics (its filter allows read-only openat only)",
     },
     SeedGrant {
         seed: "allow process self (netlink_audit_socket (nlmsg_relay))",
