@@ -6,6 +6,7 @@ pub mod exit;
 pub mod interrupt;
 pub mod legacy;
 pub mod pci;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use exit::{ExitRequest, ExitSignal};
