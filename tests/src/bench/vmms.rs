@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 #[serde(rename_all = "kebab-case")]
 pub enum VmmKind {
     Paddock,
+    /// QEMU's `microvm` machine.
     Qemu,
+    /// QEMU's `pc` machine (SeaBIOS, PCI, option-ROM kernel loader), for when microvm is no option.
+    QemuPc,
     CloudHypervisor,
     Firecracker,
 }
@@ -17,6 +20,7 @@ impl VmmKind {
         match self {
             VmmKind::Paddock => "paddock",
             VmmKind::Qemu => "qemu",
+            VmmKind::QemuPc => "qemu-pc",
             VmmKind::CloudHypervisor => "cloud-hypervisor",
             VmmKind::Firecracker => "firecracker",
         }
@@ -31,7 +35,7 @@ pub struct Vmm {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("--peer `{0}`: write NAME=PATH with NAME one of qemu, cloud-hypervisor, firecracker")]
+    #[error("--peer `{0}`: write NAME=PATH with NAME one of qemu, qemu-pc, cloud-hypervisor, firecracker")]
     Malformed(String),
     #[error("--peer {name}: {path} is not an executable file")]
     NotExecutable { name: String, path: PathBuf },
@@ -44,6 +48,7 @@ pub fn parse_peer(text: &str) -> Result<Vmm, PeerError> {
         .ok_or_else(|| PeerError::Malformed(text.to_string()))?;
     let kind = match name {
         "qemu" => VmmKind::Qemu,
+        "qemu-pc" => VmmKind::QemuPc,
         "cloud-hypervisor" => VmmKind::CloudHypervisor,
         "firecracker" => VmmKind::Firecracker,
         _ => return Err(PeerError::Malformed(text.to_string())),
@@ -87,22 +92,36 @@ impl Vmm {
                 cmd.args(["--cmdline", guest.cmdline, "--cpus", &cpus, "--memory"])
                     .arg(format!("{mem}M"));
             }
-            VmmKind::Qemu => {
-                // QEMU's own minimal machine, the fair peer for direct kernel boot.
+            VmmKind::Qemu | VmmKind::QemuPc => {
+                // microvm: QEMU's own minimal machine, the fair peer for direct kernel boot (qboot
+                // loads the kernel itself, no option ROMs, no PCI). pc: the classic machine.
+                let machine = if self.kind == VmmKind::Qemu {
+                    "microvm,x-option-roms=off,rtc=off,acpi=on"
+                } else {
+                    "pc"
+                };
+                // kvm_pvm refuses QEMU's write of MSR_IA32_ARCH_CAPABILITIES (QEMU then aborts);
+                // hardware KVM and nested kvm_amd take the plain host model.
+                let cpu = if Path::new("/sys/module/kvm_pvm").exists() {
+                    "host,-arch-capabilities"
+                } else {
+                    "host"
+                };
                 cmd.args([
                     "-M",
-                    "microvm,x-option-roms=off,rtc=off,acpi=on",
+                    machine,
                     "-accel",
                     "kvm",
                     "-cpu",
-                    "host",
+                    cpu,
                     "-smp",
                     &cpus,
                     "-m",
                     &mem,
                     "-nodefaults",
                     "-no-user-config",
-                    "-nographic",
+                    "-display",
+                    "none",
                     "-serial",
                     "stdio",
                     "-no-reboot",

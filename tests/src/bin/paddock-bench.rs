@@ -5,8 +5,9 @@ use clap::{Args, Parser, Subcommand};
 use paddock_tests::bench::boot::{BootBench, VmmBootResult};
 use paddock_tests::bench::stats::Summary;
 use paddock_tests::bench::vmms::{parse_peer, Guest, Vmm, VmmKind};
+use paddock_tests::testhost::mode::find_on_path;
 use paddock_tests::workspace;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -27,21 +28,25 @@ enum Cmd {
 
 #[derive(Args)]
 struct BootArgs {
+    /// Boots per VMM and per measurement.
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Kernel for the ready measurement (default: the default guest's vmlinuz).
+    /// Kernel for the ready measurement (default: vmlinuz of the default guest, found in
+    /// PADDOCK_GUEST_DIR or else the workspace's target/guest).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Initramfs for the ready measurement (default: the default guest's initramfs.cpio.gz).
     #[arg(long)]
     initramfs: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     cpus: u8,
     #[arg(long, default_value_t = 256)]
     memory_mib: u64,
-    /// The paddock binary (default: the one built in this workspace).
+    /// The paddock binary (default: PADDOCK_BIN, else the workspace's build, else `paddock` on PATH).
     #[arg(long)]
     paddock: Option<PathBuf>,
-    /// A peer VMM: qemu=PATH, cloud-hypervisor=PATH or firecracker=PATH; repeatable.
+    /// A peer VMM: qemu=PATH (microvm machine), qemu-pc=PATH (pc machine), cloud-hypervisor=PATH
+    /// or firecracker=PATH; repeatable.
     #[arg(long = "peer")]
     peers: Vec<String>,
     /// Seconds to wait for each marker.
@@ -50,6 +55,10 @@ struct BootArgs {
     /// Skip the first-instruction measurement.
     #[arg(long)]
     no_first_instruction: bool,
+    /// Skip the ready and RSS measurements (only the first-instruction guest boots: useful where
+    /// /dev/kvm cannot boot Linux, such as kvm_pvm).
+    #[arg(long)]
+    no_ready: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -64,26 +73,115 @@ fn fmt(s: &Option<Summary>) -> String {
 
 fn ratio(a: &Option<Summary>, b: &Option<Summary>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b.median > 0.0 => format!("{:.2}x", a.median / b.median),
+        (Some(a), Some(b)) if b.median > 0.0 => format!("{:.3}x", a.median / b.median),
         _ => "-".to_string(),
     }
 }
 
+fn default_paddock() -> PathBuf {
+    if let Some(p) = std::env::var_os("PADDOCK_BIN") {
+        return PathBuf::from(p);
+    }
+    let built = workspace::paddock_bin();
+    if built.is_file() {
+        return built;
+    }
+    find_on_path("paddock").unwrap_or(built)
+}
+
+fn default_guest_dir() -> PathBuf {
+    std::env::var_os("PADDOCK_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(workspace::guest_dir)
+}
+
+/// Which KVM serves /dev/kvm here: the loaded module's name.
+fn kvm_module() -> &'static str {
+    ["kvm_pvm", "kvm_amd", "kvm_intel"]
+        .into_iter()
+        .find(|m| Path::new("/sys/module").join(m).exists())
+        .unwrap_or("unknown")
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn print_table(args: &BootArgs, results: &[VmmBootResult]) {
+    println!(
+        "boot: {} runs each, {} vCPU(s), {} MiB, /dev/kvm from {}; min / median / max",
+        args.runs,
+        args.cpus,
+        args.memory_mib,
+        kvm_module()
+    );
+    println!(
+        "{:<18} {:>26} {:>26} {:>26} {:>26}",
+        "vmm", "first instruction ms", "ready ms", "rss overhead KiB", "rss guest RAM KiB"
+    );
+    for r in results {
+        println!(
+            "{:<18} {:>26} {:>26} {:>26} {:>26}",
+            r.vmm,
+            fmt(&r.first_instruction_ms),
+            fmt(&r.ready_ms),
+            fmt(&r.rss_overhead_kib),
+            fmt(&Summary::of(&r.samples.rss_guest_kib)),
+        );
+        for f in &r.failures {
+            println!("  failure: {f}");
+        }
+    }
+    let ours = &results[0];
+    for peer in &results[1..] {
+        println!(
+            "paddock / {}: first instruction {}, ready {}, rss overhead {} (median; below 1 = paddock better)",
+            peer.vmm,
+            ratio(&ours.first_instruction_ms, &peer.first_instruction_ms),
+            ratio(&ours.ready_ms, &peer.ready_ms),
+            ratio(&ours.rss_overhead_kib, &peer.rss_overhead_kib)
+        );
+    }
+}
+
 fn boot(args: BootArgs) -> Result<()> {
-    let guest_dir = workspace::guest_dir();
-    let kernel = args.kernel.unwrap_or_else(|| guest_dir.join("vmlinuz"));
+    if args.runs == 0 {
+        bail!("--runs 0 measures nothing: give at least 1");
+    }
+    if args.no_ready && args.no_first_instruction {
+        bail!("--no-ready with --no-first-instruction measures nothing: drop one");
+    }
+    let guest_dir = default_guest_dir();
+    let kernel = args
+        .kernel
+        .clone()
+        .unwrap_or_else(|| guest_dir.join("vmlinuz"));
     let initramfs = args
         .initramfs
+        .clone()
         .unwrap_or_else(|| guest_dir.join("initramfs.cpio.gz"));
-    if !kernel.is_file() {
+    if !args.no_ready {
+        for (what, path) in [("kernel", &kernel), ("initramfs", &initramfs)] {
+            if !path.is_file() {
+                bail!(
+                    "{what} {} not found: run resources/guest/build.sh, set PADDOCK_GUEST_DIR or pass --{what}",
+                    path.display()
+                );
+            }
+        }
+    }
+    let paddock = args.paddock.clone().unwrap_or_else(default_paddock);
+    if !paddock.is_file() {
         bail!(
-            "kernel {} not found: run resources/guest/build.sh or pass --kernel",
-            kernel.display()
+            "paddock binary {} not found: build it (cargo build --release -p sandbox), set PADDOCK_BIN or pass --paddock",
+            paddock.display()
         );
     }
     let mut vmms = vec![Vmm {
         kind: VmmKind::Paddock,
-        path: args.paddock.unwrap_or_else(workspace::paddock_bin),
+        path: paddock,
     }];
     for p in &args.peers {
         vmms.push(parse_peer(p)?);
@@ -108,54 +206,49 @@ fn boot(args: BootArgs) -> Result<()> {
         runs: args.runs,
         timeout: Duration::from_secs(args.timeout),
         first_byte_kernel: first_byte.as_deref(),
-        guest: Guest {
+        guest: (!args.no_ready).then(|| Guest {
             kernel: &kernel,
             initramfs: Some(&initramfs),
             cmdline: &cmdline,
             cpus: args.cpus,
             mem_mib: args.memory_mib,
-        },
+        }),
+        cpus: args.cpus,
+        mem_mib: args.memory_mib,
         scratch: scratch.path(),
     };
-    let results: Vec<VmmBootResult> = vmms.iter().map(|v| bench.measure(v)).collect();
+    let results = bench.measure_all(&vmms);
+    print_table(&args, &results);
 
-    println!(
-        "boot: {} runs each, {} vCPU(s), {} MiB; min / median / max",
-        args.runs, args.cpus, args.memory_mib
-    );
-    println!(
-        "{:<18} {:>26} {:>26} {:>26}",
-        "vmm", "first instruction ms", "ready ms", "rss overhead KiB"
-    );
-    for r in &results {
-        println!(
-            "{:<18} {:>26} {:>26} {:>26}",
-            r.vmm,
-            fmt(&r.first_instruction_ms),
-            fmt(&r.ready_ms),
-            fmt(&r.rss_overhead_kib)
-        );
-        for f in &r.failures {
-            println!("  failure: {f}");
-        }
-    }
-    let ours = &results[0];
-    for peer in &results[1..] {
-        println!(
-            "paddock / {}: first instruction {}, ready {}, rss {}",
-            peer.vmm,
-            ratio(&ours.first_instruction_ms, &peer.first_instruction_ms),
-            ratio(&ours.ready_ms, &peer.ready_ms),
-            ratio(&ours.rss_overhead_kib, &peer.rss_overhead_kib)
-        );
-    }
-    if let Some(path) = args.json {
-        let json = serde_json::json!({ "benchmark": "boot", "results": results });
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "benchmark": "boot",
+            "runs": args.runs,
+            "cpus": args.cpus,
+            "memory_mib": args.memory_mib,
+            "kernel": (!args.no_ready).then(|| kernel.display().to_string()),
+            "initramfs": (!args.no_ready).then(|| initramfs.display().to_string()),
+            "cmdline": (!args.no_ready).then_some(&cmdline),
+            "kvm_module": kvm_module(),
+            "host_kernel": kernel_release(),
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if results.iter().any(|r| r.ready_ms.is_none()) {
-        bail!("some VMM never reached the ready marker (see failures above)");
+    let incomplete: Vec<&str> = results
+        .iter()
+        .filter(|r| {
+            (!args.no_first_instruction && r.first_instruction_ms.is_none())
+                || (!args.no_ready && (r.ready_ms.is_none() || r.rss_overhead_kib.is_none()))
+        })
+        .map(|r| r.vmm.as_str())
+        .collect();
+    if !incomplete.is_empty() {
+        bail!(
+            "no measurement at all for {} (see the failures above)",
+            incomplete.join(", ")
+        );
     }
     Ok(())
 }
