@@ -35,7 +35,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };
-    let mem_size = match config::parse_memory(&args.memory) {
+    let memory = match config::parse_memory(&args.memory) {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };
@@ -81,7 +81,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         initramfs,
         cmdline,
         vcpus,
-        mem_size,
+        memory,
         serial_out: Box::new(watcher),
         serial_in,
     };

@@ -2,7 +2,7 @@
 
 use crate::arch::x86_64 as arch;
 use crate::kvm::{self, KvmError};
-use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::memory::{self, GuestMemoryMmap, MemoryConfig, MemoryError};
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
 use devices::legacy;
 use devices::legacy::serial::{SerialConsole, SERIAL_PORT_SPAN};
@@ -29,7 +29,8 @@ pub struct VmConfig {
     pub initramfs: Option<PathBuf>,
     pub cmdline: String,
     pub vcpus: u8,
-    pub mem_size: u64,
+    /// Guest RAM: size and backend (`--memory`).
+    pub memory: MemoryConfig,
     /// Where the guest's COM1 output goes.
     pub serial_out: Box<dyn Write + Send>,
     /// Console input for the guest (the host's stdin), read on its own thread.
@@ -143,7 +144,7 @@ impl Vm {
             }
             None => None,
         };
-        memory::check_size(cfg.mem_size)?;
+        memory::check_size(cfg.memory.size)?;
 
         let kvm = kvm::open()?;
         let max = kvm::max_vcpus(&kvm);
@@ -166,7 +167,7 @@ impl Vm {
         };
         vm_fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
 
-        let mem = memory::create_anonymous(&arch::ram_regions(cfg.mem_size))?;
+        let mem = memory::create(&cfg.memory, &arch::ram_regions(cfg.memory.size))?;
         memory::register_with_kvm(&vm_fd, &mem)?;
 
         let entry = arch::load_linux(

@@ -4,14 +4,14 @@ pub mod keyvalue;
 
 use keyvalue::{KeyValueError, KeyValues};
 use std::path::PathBuf;
-use vmm::memory::{parse_size, SizeError};
+use vmm::memory::{MemoryConfig, OptionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
     KeyValue(#[from] KeyValueError),
-    #[error("--memory: {0}")]
-    MemorySize(SizeError),
+    #[error(transparent)]
+    Memory(OptionError),
     #[error("--cpus `{0}`: give a whole number of vCPUs from 1 to 255, e.g. --cpus 2")]
     Cpus(String),
     #[error("--serial `{0}`: use stdout, off, or file=PATH")]
@@ -31,9 +31,10 @@ pub fn parse_cpus(text: &str) -> Result<u8, ConfigError> {
         .map_err(|_| ConfigError::Cpus(boot.to_string()))
 }
 
-pub fn parse_memory(text: &str) -> Result<u64, ConfigError> {
-    let kv = KeyValues::parse("--memory", text, Some("size"), &["size"])?;
-    parse_size(kv.get("size").unwrap_or_default()).map_err(ConfigError::MemorySize)
+/// `--memory size=S[,hugepages=2M|1G][,hugetlbfs=DIR][,prefault=on][,shared=on]`, or a bare size.
+pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
+    let kv = KeyValues::parse("--memory", text, Some("size"), &MemoryConfig::KEYS)?;
+    MemoryConfig::from_options(|key| kv.get(key)).map_err(ConfigError::Memory)
 }
 
 pub fn parse_serial(text: &str) -> Result<SerialTarget, ConfigError> {
@@ -59,8 +60,8 @@ mod tests {
         assert!(parse_cpus("4096").is_err());
         assert!(parse_cpus("two").is_err());
         assert!(parse_cpus("boot=2,color=red").is_err());
-        assert_eq!(parse_memory("size=1G").unwrap(), 1 << 30);
-        assert_eq!(parse_memory("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_memory("size=1G").unwrap().size, 1 << 30);
+        assert_eq!(parse_memory("256M").unwrap().size, 256 << 20);
         assert!(parse_memory("12XB").is_err());
         assert!(matches!(parse_serial("off"), Ok(SerialTarget::Off)));
         assert!(matches!(
@@ -69,5 +70,38 @@ mod tests {
         ));
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn memory_full_syntax() {
+        let m = parse_memory("size=2G,hugepages=2M,hugetlbfs=/dev/hugepages,prefault=on,shared=on")
+            .unwrap();
+        assert_eq!(m.size, 2 << 30);
+        assert_eq!(m.hugepages, Some(2 << 20));
+        assert_eq!(m.hugetlbfs, Some(PathBuf::from("/dev/hugepages")));
+        assert!(m.prefault && m.shared);
+        let m = parse_memory("1G,hugepages=1G").unwrap();
+        assert_eq!((m.size, m.hugepages), (1 << 30, Some(1 << 30)));
+        assert!(m.hugetlbfs.is_none() && !m.prefault && !m.shared);
+        assert_eq!(
+            parse_memory("512M").unwrap(),
+            MemoryConfig::anonymous(512 << 20)
+        );
+    }
+
+    #[test]
+    fn memory_errors_name_the_option() {
+        let err = |text: &str| parse_memory(text).unwrap_err().to_string();
+        assert_eq!(
+            err("1G,hugepages=3M"),
+            "--memory hugepages=3M: write a hugepage size such as 2M or 1G"
+        );
+        assert_eq!(
+            err("1G,prefault=yes"),
+            "--memory prefault=yes: write prefault=on or prefault=off"
+        );
+        assert!(err("1G,numa=0").contains("unknown key `numa`"));
+        assert!(err("hugepages=2M").starts_with("--memory: no size given"));
+        assert!(err("12XB").starts_with("--memory size: malformed size `12XB`"));
     }
 }

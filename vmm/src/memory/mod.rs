@@ -1,11 +1,28 @@
-//! Guest RAM: sizing checks and the anonymous backend, registered with KVM as memory slots.
+//! Guest RAM: sizing checks, the backends (anonymous, memfd, hugetlbfs file), hugepage preflight,
+//! prefault, and registration with KVM as memory slots. Entry point: [`create`].
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use std::sync::Arc;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+pub mod config;
+pub mod hugepages;
+pub mod hugetlbfs;
+pub mod map;
+pub mod memfd;
+pub mod prefault;
 pub mod size;
 
+#[cfg(test)]
+mod tests;
+
+pub use config::{Backend, MemoryConfig, OptionError};
+pub use hugepages::{HostPaths, PreflightError};
+pub use hugetlbfs::HugetlbfsError;
+pub use map::MapError;
+pub use memfd::MemfdError;
+pub use prefault::PrefaultError;
 pub use size::{parse_size, SizeError};
 
 /// The guest memory type used throughout Paddock.
@@ -24,6 +41,16 @@ pub enum MemoryError {
         size: u64,
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Hugetlbfs(#[from] HugetlbfsError),
+    #[error(transparent)]
+    Memfd(#[from] MemfdError),
+    #[error(transparent)]
+    Mapping(#[from] MapError),
+    #[error(transparent)]
+    Prefault(#[from] PrefaultError),
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} failed: {source}")]
     RegisterSlot {
         slot: u32,
@@ -68,6 +95,83 @@ pub fn create_anonymous(
         size: size >> 20,
         source,
     })
+}
+
+/// The host's base page size.
+fn base_page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+/// Creates guest RAM for `ranges` (from `arch::ram_regions(config.size)`) as `config` asks.
+pub fn create(
+    config: &MemoryConfig,
+    ranges: &[(GuestAddress, usize)],
+) -> Result<GuestMemoryMmap, MemoryError> {
+    create_on(&HostPaths::system(), config, ranges)
+}
+
+/// [`create`] with the host's hugepage accounting read from `host`.
+///
+/// Order: check everything that can be checked, then make the backing file, map it (which reserves
+/// hugepages), remove the file's name, and finally prefault. Every object made on the way is owned
+/// by a value that closes or removes it when an error returns early.
+pub fn create_on(
+    host: &HostPaths,
+    config: &MemoryConfig,
+    ranges: &[(GuestAddress, usize)],
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let size: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+    let (mem, page) = match config.backend() {
+        Backend::Anonymous => {
+            let mapping = map::Mapping {
+                file: None,
+                shared: false,
+                hugepages: None,
+            };
+            (mapping.map(ranges)?, base_page_size())
+        }
+        Backend::Memfd { hugepages } => {
+            if let Some(page) = hugepages {
+                hugepages::preflight(host, page, ranges)?;
+            }
+            let file = Arc::new(memfd::create(size, hugepages)?);
+            let mapping = map::Mapping {
+                file: Some(&file),
+                shared: config.shared,
+                hugepages,
+            };
+            (
+                mapping.map(ranges)?,
+                hugepages.unwrap_or_else(base_page_size),
+            )
+        }
+        Backend::Hugetlbfs { dir, hugepages } => {
+            let page = hugetlbfs::mount_page_size(dir, hugepages)?;
+            hugepages::preflight(host, page, ranges)?;
+            let (vm_dir, file) = hugetlbfs::VmDir::create(dir, size)?;
+            let file = Arc::new(file);
+            let mapping = map::Mapping {
+                file: Some(&file),
+                shared: config.shared,
+                hugepages: Some(page),
+            };
+            let mem = mapping.map(ranges)?;
+            vm_dir.remove()?;
+            (mem, page)
+        }
+    };
+    if config.prefault {
+        let took = prefault::populate(&mem, page)?;
+        log::info!(
+            "guest RAM: {} MiB in {} pages prefaulted in {} ms",
+            size >> 20,
+            config::human_size(page),
+            took.as_millis()
+        );
+    }
+    Ok(mem)
 }
 
 /// Registers every region of `mem` with KVM, one slot per region.
