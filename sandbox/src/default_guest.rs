@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// Kernel command line used when the user gives none. `quiet` matters: every console byte is a VM exit.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 panic=1 quiet";
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 panic=1 reboot=acpi quiet";
 
 const EXIT_MARKER: &str = "PADDOCK-GUEST-EXIT ";
 

@@ -60,7 +60,7 @@ fn scenario() -> Scenario {
         &run_guest(
             "vmlinuz",
             1,
-            "-- sh -c 'cat /sys/bus/pci/devices/0000:00:00.0/class; dmesg | grep -c MMCONFIG.for.domain'",
+            "-- sh -c 'cat /sys/bus/pci/devices/0000:00:00.0/class; dmesg | grep -c MMCONFIG.fo[r].domain'",
         ),
     )
     .check_as_user(

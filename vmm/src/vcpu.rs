@@ -144,7 +144,9 @@ impl Vcpu {
     }
 
     fn run_loop(mut self) {
-        while !self.control.stopping() {
+        // A guest that asked for power-off or reset must not run on: after writing the reset
+        // register Linux would go on to other reset methods, down to a real-mode jump.
+        while !self.control.stopping() && self.control.exit.requested().is_none() {
             if let Some(what) = self.run_once() {
                 self.fault(what);
                 break;

@@ -264,6 +264,20 @@ pub fn follow(
                 ),
             };
         }
+        // A running check prints a heartbeat every ~10 s from L1's user space, whatever the
+        // guest does; silence for this long means L1 itself stopped (seen without any soft-lockup
+        // report too), not Paddock.
+        if console_tail.is_some()
+            && progress.running.is_some()
+            && now - last_progress > limits.stall
+        {
+            break Ending::Stalled {
+                why: format!(
+                    "no heartbeat from L1's scenario script for {} s while a check ran",
+                    (now - last_progress).as_secs()
+                ),
+            };
+        }
         if !ready && now - started > limits.ready {
             break Ending::Failed {
                 why: format!("not ready within {} s", limits.ready.as_secs()),
@@ -333,6 +347,22 @@ mod tests {
             "the process must be reaped"
         );
         assert_eq!(f.console_tail.len(), 1);
+    }
+
+    #[test]
+    fn heartbeat_silence_during_a_check_is_a_stall_without_any_lockup_line() {
+        let d = tempfile::tempdir().unwrap();
+        let (res, con) = (d.path().join("r"), d.path().join("c"));
+        std::fs::write(&res, "@@PADDOCK-L1-READY kvm=yes cpus=2 mem_kb=1\n@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n").unwrap();
+        std::fs::write(&con, "[ 5.0] kvm: some harmless line\n").unwrap();
+        let checks = [Check::new("a", RunAs::User, Duration::from_secs(100), "x").unwrap()];
+        let mut p = sleeper();
+        let f = follow(&mut p, &res, Some(&con), &checks, &quick(), true);
+        assert!(
+            matches!(f.ending, Ending::Stalled { ref why } if why.contains("heartbeat")),
+            "{:?}",
+            f.ending
+        );
     }
 
     #[test]
