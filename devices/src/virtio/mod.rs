@@ -5,6 +5,7 @@
 //! memory, the configured queues with their notification eventfds, and a [`VirtioInterrupt`]
 //! to signal used buffers and configuration changes.
 
+pub mod net;
 pub mod pci;
 pub mod queue;
 
@@ -152,5 +153,28 @@ impl VirtioInterrupt {
 
     pub fn needs_reset(&self) -> bool {
         self.shared.device_status.load(Ordering::SeqCst) & STATUS_DEVICE_NEEDS_RESET != 0
+    }
+}
+
+/// Waits for a worker thread to end.
+pub type JoinWorker = Box<dyn FnOnce() + Send>;
+
+/// Starts device worker threads. The VMM passes one that installs the thread's seccomp filter
+/// first (`vmm::threads::spawn`); [`StdThreads`] just starts a named thread.
+pub trait WorkerSpawner: Send + Sync {
+    fn spawn(&self, name: String, work: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinWorker>;
+}
+
+/// Plain named `std::thread`s.
+pub struct StdThreads;
+
+impl WorkerSpawner for StdThreads {
+    fn spawn(&self, name: String, work: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinWorker> {
+        let handle = std::thread::Builder::new().name(name.clone()).spawn(work)?;
+        Ok(Box::new(move || {
+            if handle.join().is_err() {
+                log::error!("device worker {name} panicked");
+            }
+        }))
     }
 }

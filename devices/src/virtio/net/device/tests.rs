@@ -1,0 +1,511 @@
+//! The device end to end: mock guest rings on one side, a real tap in a private network
+//! namespace on the other, read and written with a packet socket.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::*;
+use crate::interrupt::RecordingInterrupts;
+use crate::virtio::net::tap::tests::TestTap;
+use crate::virtio::net::tap::IFF_DETACH_QUEUE;
+use crate::virtio::{SharedStatus, StdThreads, VirtioInterrupt, STATUS_DEVICE_NEEDS_RESET};
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const ETHERTYPE_TEST: u16 = 0x88b5;
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const DATA: u64 = 0x10_0000;
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A raw packet socket on the tap's host side.
+struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    fn bind(name: &str) -> Self {
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket creation; the result is checked.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(protocol),
+            )
+        };
+        assert!(
+            raw >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a new descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let cname = std::ffi::CString::new(name).unwrap();
+        // SAFETY: reads a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
+        assert!(ifindex > 0);
+        let addr = Self::address(ifindex, protocol);
+        // SAFETY: `addr` is a sockaddr_ll of the size given.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(ret, 0, "bind: {}", std::io::Error::last_os_error());
+        Self { fd, ifindex }
+    }
+
+    fn address(ifindex: i32, protocol: u16) -> libc::sockaddr_ll {
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = ifindex;
+        addr
+    }
+
+    /// The next frame with the test ethertype, skipping anything else.
+    fn recv_test_frame(&self) -> Vec<u8> {
+        let mut found = None;
+        wait_for("a test frame on the packet socket", || {
+            let mut buf = vec![0u8; 70000];
+            // SAFETY: reads into `buf`, whose length is passed.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 14 {
+                buf.truncate(n as usize);
+                if u16::from_be_bytes([buf[12], buf[13]]) == ETHERTYPE_TEST {
+                    found = Some(buf);
+                    return true;
+                }
+            }
+            false
+        });
+        found.unwrap()
+    }
+
+    fn send(&self, frame: &[u8]) {
+        let addr = Self::address(self.ifindex, 0);
+        // SAFETY: sends `frame` to the address built above.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn test_frame(payload_len: usize, seed: u8) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
+    frame.extend_from_slice(&ETHERTYPE_TEST.to_be_bytes());
+    frame.extend((0..payload_len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)));
+    frame
+}
+
+struct Rig {
+    net: Net,
+    mem: &'static GuestMemoryMmap,
+    /// The driver's view of each ring (creating a mock zeroes its ring, so there is one each).
+    rings: Vec<MockSplitQueue<'static, GuestMemoryMmap>>,
+    rec: Arc<RecordingInterrupts>,
+    shared: Arc<SharedStatus>,
+    notify: Vec<EventFd>,
+    _tap: TestTap,
+}
+
+const QUEUE_BASES: [u64; 5] = [0x1_0000, 0x2_0000, 0x3_0000, 0x4_0000, 0x5_0000];
+
+impl Rig {
+    /// A device with `pairs` pairs over a fresh tap, activated with queues at QUEUE_BASES.
+    fn new(tap_name: &str, pairs: usize, acked: u64) -> Option<Self> {
+        let tap = TestTap::create(tap_name, true)?;
+        tap.up();
+        // Leaked so the mock rings can borrow it for the whole test.
+        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        ));
+        let mut net = Net::new(
+            NetConfig {
+                mac: MAC,
+                queue_size: 16,
+                name: "nettest".into(),
+            },
+            Tap::open_queues(&tap.name, pairs).unwrap(),
+            Arc::new(StdThreads),
+        )
+        .unwrap();
+        let rec = Arc::new(RecordingInterrupts::new());
+        let shared = Arc::new(SharedStatus::default());
+        let nqueues = 2 * pairs + 1;
+        let mut queues = Vec::new();
+        let mut notify = Vec::new();
+        let mut rings = Vec::new();
+        for (index, base) in QUEUE_BASES.iter().take(nqueues).enumerate() {
+            let vq = MockSplitQueue::create(mem, GuestAddress(*base), 16);
+            let queue: Queue = vq.create_queue().unwrap();
+            rings.push(vq);
+            let event = EventFd::new(EFD_NONBLOCK).unwrap();
+            notify.push(event.try_clone().unwrap());
+            queues.push(QueueActivation {
+                queue,
+                notify: event,
+                vector: index as u16,
+            });
+        }
+        net.activate(Activation {
+            mem: mem.clone(),
+            queues,
+            interrupt: VirtioInterrupt::new(rec.clone(), shared.clone()),
+            acked_features: acked,
+        })
+        .unwrap();
+        Some(Self {
+            net,
+            mem,
+            rings,
+            rec,
+            shared,
+            notify,
+            _tap: tap,
+        })
+    }
+
+    fn vq(&self, index: usize) -> &MockSplitQueue<'static, GuestMemoryMmap> {
+        &self.rings[index]
+    }
+
+    fn used(&self, index: usize) -> Vec<(u32, u32)> {
+        let vq = self.vq(index);
+        let idx = vq.used().idx().load();
+        (0..idx)
+            .map(|i| {
+                let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    fn kick(&self, index: usize) {
+        self.notify[index].write(1).unwrap();
+    }
+
+    fn wait_used(&self, index: usize, count: usize) -> Vec<(u32, u32)> {
+        wait_for(&format!("{count} used entries on queue {index}"), || {
+            self.used(index).len() >= count
+        });
+        self.used(index)
+    }
+}
+
+fn acked(extra: &[u32]) -> u64 {
+    [F_VERSION_1, F_GUEST_CSUM, F_CTRL_VQ]
+        .iter()
+        .chain(extra)
+        .map(|&b| feature(b))
+        .fold(0, |a, b| a | b)
+}
+
+#[test]
+fn features_and_config_space() {
+    let Some(tap) = TestTap::create("ptapn0", true) else {
+        return;
+    };
+    let net = Net::new(
+        NetConfig {
+            mac: MAC,
+            queue_size: 256,
+            name: "net0".into(),
+        },
+        Tap::open_queues(&tap.name, 4).unwrap(),
+        Arc::new(StdThreads),
+    )
+    .unwrap();
+    assert_eq!(
+        net.queue_max_sizes(),
+        vec![256, 256, 256, 256, 256, 256, 256, 256, 64]
+    );
+    let f = net.features();
+    for bit in [
+        F_VERSION_1,
+        F_RING_EVENT_IDX,
+        F_CSUM,
+        F_GUEST_CSUM,
+        F_GUEST_TSO4,
+        F_GUEST_TSO6,
+        F_HOST_TSO4,
+        F_HOST_TSO6,
+        F_MRG_RXBUF,
+        F_MAC,
+        F_STATUS,
+        F_CTRL_VQ,
+        F_MQ,
+    ] {
+        assert_ne!(f & feature(bit), 0, "feature bit {bit}");
+    }
+    let mut config = [0u8; CONFIG_LEN];
+    net.read_config(0, &mut config);
+    assert_eq!(&config[..6], &MAC);
+    assert_eq!(u16::from_le_bytes([config[6], config[7]]), STATUS_LINK_UP);
+    assert_eq!(u16::from_le_bytes([config[8], config[9]]), 4);
+}
+
+#[test]
+fn tx_frame_reaches_the_tap_with_its_header() {
+    let Some(rig) = Rig::new("ptapn1", 1, acked(&[])) else {
+        return;
+    };
+    let socket = PacketSocket::bind("ptapn1");
+    let frame = test_frame(100, 1);
+    // Header and frame in separate descriptors, as Linux sends them.
+    rig.mem.write_slice(&[0u8; 12], GuestAddress(DATA)).unwrap();
+    rig.mem
+        .write_slice(&frame, GuestAddress(DATA + 0x100))
+        .unwrap();
+    rig.vq(1)
+        .add_desc_chains(
+            &[
+                desc(DATA, 12, F_NEXT, 1),
+                desc(DATA + 0x100, frame.len() as u32, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+    rig.kick(1);
+    assert_eq!(socket.recv_test_frame(), frame);
+    assert_eq!(rig.wait_used(1, 1), vec![(0, 0)]);
+    wait_for("TX interrupt", || rig.rec.triggered().contains(&1));
+}
+
+#[test]
+fn rx_frame_spans_mergeable_buffers() {
+    let Some(rig) = Rig::new("ptapn2", 1, acked(&[F_MRG_RXBUF])) else {
+        return;
+    };
+    let socket = PacketSocket::bind("ptapn2");
+    // Four 1 KiB device-writable buffers, one per chain.
+    let chains: Vec<_> = (0..4u16)
+        .map(|i| desc(DATA + u64::from(i) * 0x1000, 1024, F_WRITE, 0))
+        .collect();
+    rig.vq(0).add_desc_chains(&chains, 0).unwrap();
+    rig.kick(0);
+    let frame = test_frame(1400, 9);
+    socket.send(&frame);
+    let used = rig.wait_used(0, 2);
+    let total = 12 + frame.len() as u32;
+    assert_eq!(used, vec![(0, 1024), (1, total - 1024)]);
+    let mut header = [0u8; 12];
+    rig.mem.read_slice(&mut header, GuestAddress(DATA)).unwrap();
+    assert_eq!(
+        u16::from_le_bytes([header[10], header[11]]),
+        2,
+        "num_buffers"
+    );
+    let mut got = vec![0u8; frame.len()];
+    rig.mem
+        .read_slice(&mut got[..1012], GuestAddress(DATA + 12))
+        .unwrap();
+    rig.mem
+        .read_slice(&mut got[1012..], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(got, frame);
+    wait_for("RX interrupt", || rig.rec.triggered().contains(&0));
+
+    // A second frame uses the remaining buffers; a third waits until the guest adds more.
+    socket.send(&test_frame(60, 3));
+    assert_eq!(rig.wait_used(0, 3)[2], (2, 12 + 74));
+    // One 1 KiB buffer left is less than a full-size frame: the next frame waits for more.
+    socket.send(&test_frame(60, 4));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rig.used(0).len(), 3, "waits for buffer space");
+    rig.vq(0)
+        .add_desc_chains(&[desc(DATA + 0x8000, 2048, F_WRITE, 0)], 4)
+        .unwrap();
+    rig.kick(0);
+    assert_eq!(
+        rig.wait_used(0, 4)[3],
+        (3, 12 + 74),
+        "the 1 KiB buffer sufficed"
+    );
+    socket.send(&test_frame(60, 5));
+    assert_eq!(rig.wait_used(0, 5)[4], (4, 12 + 74));
+    let mut first = [0u8; 1];
+    rig.mem
+        .read_slice(&mut first, GuestAddress(DATA + 0x8000 + 12 + 14))
+        .unwrap();
+    assert_eq!(first[0], 5, "payload of the fifth frame");
+}
+
+#[test]
+fn malformed_tx_chains_are_dropped_and_the_queue_goes_on() {
+    let Some(rig) = Rig::new("ptapn3", 1, acked(&[])) else {
+        return;
+    };
+    let socket = PacketSocket::bind("ptapn3");
+    let frame = test_frame(64, 2);
+    let mut with_header = vec![0u8; 12];
+    with_header.extend_from_slice(&frame);
+    rig.mem
+        .write_slice(&with_header, GuestAddress(DATA))
+        .unwrap();
+    // One call per chain: the mock starts a new chain after a descriptor without NEXT only.
+    let chains: [(u16, Vec<RawDescriptor>); 6] = [
+        // 0 -> 1 -> 0: a loop.
+        (
+            0,
+            vec![desc(DATA, 12, F_NEXT, 1), desc(DATA, 12, F_NEXT, 0)],
+        ),
+        // Outside guest RAM.
+        (2, vec![desc(0x4000_0000, 100, 0, 0)]),
+        // Zero length.
+        (3, vec![desc(DATA, 0, 0, 0)]),
+        // A device-writable buffer in a TX chain.
+        (4, vec![desc(DATA, 80, F_WRITE, 0)]),
+        // A next index past the table: a runaway chain.
+        (5, vec![desc(DATA, 12, F_NEXT, 200)]),
+        // And a good frame after all that.
+        (6, vec![desc(DATA, with_header.len() as u32, 0, 0)]),
+    ];
+    for (offset, descs) in &chains {
+        rig.vq(1).add_desc_chains(descs, *offset).unwrap();
+    }
+    rig.kick(1);
+    assert_eq!(socket.recv_test_frame(), frame);
+    let used = rig.wait_used(1, 6);
+    assert_eq!(
+        used.iter().map(|u| u.0).collect::<Vec<_>>(),
+        vec![0, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        rig.shared.device_status.load(Ordering::SeqCst) & STATUS_DEVICE_NEEDS_RESET,
+        0,
+        "a bad chain is dropped, not fatal"
+    );
+}
+
+#[test]
+fn corrupt_avail_index_marks_the_device_broken() {
+    let Some(rig) = Rig::new("ptapn4", 1, acked(&[])) else {
+        return;
+    };
+    rig.shared.config_vector.store(4, Ordering::SeqCst);
+    rig.vq(1).avail().idx().store(100);
+    rig.kick(1);
+    wait_for("DEVICE_NEEDS_RESET", || {
+        rig.shared.device_status.load(Ordering::SeqCst) & STATUS_DEVICE_NEEDS_RESET != 0
+    });
+    wait_for("config interrupt", || rig.rec.triggered().contains(&4));
+}
+
+/// Puts one control request on the control queue (index `ctrl`) and returns its ack.
+fn ctrl_request(rig: &Rig, ctrl: usize, slot: u16, request: &[u8]) -> u8 {
+    let at = DATA + 0x1_0000 + u64::from(slot) * 0x100;
+    rig.mem.write_slice(request, GuestAddress(at)).unwrap();
+    rig.mem
+        .write_slice(&[0xee], GuestAddress(at + 0x80))
+        .unwrap();
+    rig.vq(ctrl)
+        .add_desc_chains(
+            &[
+                desc(at, request.len() as u32, F_NEXT, 2 * slot + 1),
+                desc(at + 0x80, 1, F_WRITE, 0),
+            ],
+            2 * slot,
+        )
+        .unwrap();
+    rig.kick(ctrl);
+    let used = rig.wait_used(ctrl, usize::from(slot) + 1);
+    assert_eq!(used[usize::from(slot)], (u32::from(2 * slot), 1));
+    let mut ack = [0u8; 1];
+    rig.mem
+        .read_slice(&mut ack, GuestAddress(at + 0x80))
+        .unwrap();
+    ack[0]
+}
+
+#[test]
+fn control_queue_switches_tap_queues() {
+    let Some(rig) = Rig::new("ptapn5", 2, acked(&[F_MQ])) else {
+        return;
+    };
+    let detached = |pair: usize| rig.net.pairs[pair].tap.flags().unwrap() & IFF_DETACH_QUEUE != 0;
+    assert!(!detached(0));
+    assert!(detached(1), "the driver starts with one pair");
+    // Control queue of 2 pairs is queue 4.
+    assert_eq!(ctrl_request(&rig, 4, 0, &[4, 0, 2, 0]), 0);
+    assert!(!detached(1));
+    assert_eq!(
+        ctrl_request(&rig, 4, 1, &[4, 0, 3, 0]),
+        1,
+        "more pairs than exist"
+    );
+    assert_eq!(ctrl_request(&rig, 4, 2, &[4, 0, 0, 0]), 1, "zero pairs");
+    assert!(!detached(1));
+    assert_eq!(ctrl_request(&rig, 4, 3, &[4, 0, 1, 0]), 0);
+    assert!(detached(1));
+    assert_eq!(
+        ctrl_request(&rig, 4, 4, &[0, 0, 1]),
+        1,
+        "RX mode is not offered"
+    );
+    assert_eq!(ctrl_request(&rig, 4, 5, &[3, 0]), 0, "announce ack");
+    assert!(rig.rec.triggered().contains(&4), "control queue interrupt");
+}
+
+#[test]
+fn reset_stops_the_workers() {
+    let Some(mut rig) = Rig::new("ptapn6", 1, acked(&[])) else {
+        return;
+    };
+    let thread_names = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    // The new thread names itself once it runs.
+    wait_for("worker thread", || {
+        thread_names().contains(&"nettest-qp0".to_string())
+    });
+    rig.net.reset();
+    wait_for("worker gone", || {
+        !thread_names().contains(&"nettest-qp0".to_string())
+    });
+}

@@ -1,0 +1,558 @@
+//! One worker per queue pair: moves frames between its tap queue and the guest's RX/TX rings
+//! with `readv`/`writev` straight on guest memory. Worker 0 also serves the control queue.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::ctrl::{handle_ctrl_chain, CtrlContext};
+use super::tap::{Tap, TapError};
+use super::VNET_HDR_LEN;
+use crate::virtio::queue::{map_chain, ChainBuffers, Direction};
+use crate::virtio::{QueueActivation, VirtioInterrupt};
+
+/// Offset of `num_buffers` inside the 12-byte virtio-net header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+/// Frames moved per wake-up before the worker looks at its other queues.
+const BATCH: usize = 256;
+
+const TOKEN_TAP: u64 = 0;
+const TOKEN_RX: u64 = 1;
+const TOKEN_TX: u64 = 2;
+const TOKEN_CTRL: u64 = 3;
+const TOKEN_WAKE: u64 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("epoll on the net worker's descriptors failed: {0}")]
+    Epoll(io::Error),
+}
+
+/// State of one queue pair shared by its worker, the control-queue handler and the device.
+pub struct PairShared {
+    pub tap: Tap,
+    attached: AtomicBool,
+    stop: AtomicBool,
+    wake: EventFd,
+}
+
+impl PairShared {
+    pub fn new(tap: Tap) -> io::Result<Self> {
+        Ok(Self {
+            tap,
+            attached: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    pub fn attached(&self) -> bool {
+        self.attached.load(Ordering::SeqCst)
+    }
+
+    /// Attaches or detaches the tap queue (only when that changes), then tells the worker so
+    /// it starts or stops polling the tap.
+    pub fn set_attached(&self, attached: bool) -> Result<(), TapError> {
+        if self.attached() != attached {
+            self.tap.set_attached(attached)?;
+            self.attached.store(attached, Ordering::SeqCst);
+        }
+        self.kick();
+        Ok(())
+    }
+
+    /// Asks the worker to exit.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.kick();
+    }
+
+    pub fn clear_stop(&self) {
+        self.stop.store(false, Ordering::SeqCst);
+        // Drain a stale wake-up from the previous run (EAGAIN when there is none).
+        let _ = self.wake.read();
+    }
+
+    fn kick(&self) {
+        if let Err(e) = self.wake.write(1) {
+            log::warn!(
+                "net: cannot wake the worker of tap {}: {e}",
+                self.tap.name()
+            );
+        }
+    }
+}
+
+/// A queue the worker serves.
+struct WorkQueue {
+    queue: Queue,
+    notify: EventFd,
+    vector: u16,
+}
+
+impl From<QueueActivation> for WorkQueue {
+    fn from(q: QueueActivation) -> Self {
+        Self {
+            queue: q.queue,
+            notify: q.notify,
+            vector: q.vector,
+        }
+    }
+}
+
+/// What a worker needs; built by the device at activation.
+pub struct WorkerSetup {
+    pub name: String,
+    pub mem: GuestMemoryMmap,
+    pub rx: QueueActivation,
+    pub tx: QueueActivation,
+    pub ctrl: Option<(QueueActivation, CtrlContext)>,
+    pub pair: Arc<PairShared>,
+    pub interrupt: VirtioInterrupt,
+    pub mergeable_rx: bool,
+    /// Bytes a received frame may need: header plus the largest frame the guest accepts.
+    pub rx_frame_max: usize,
+}
+
+pub struct Worker {
+    name: String,
+    mem: GuestMemoryMmap,
+    rx: WorkQueue,
+    tx: WorkQueue,
+    ctrl: Option<(WorkQueue, CtrlContext)>,
+    pair: Arc<PairShared>,
+    interrupt: VirtioInterrupt,
+    mergeable_rx: bool,
+    rx_frame_max: usize,
+    epoll: Epoll,
+    tap_polled: bool,
+    /// The guest gave too few RX buffers for the next frame: stop polling the tap until it
+    /// adds more.
+    rx_starved: bool,
+    broken: bool,
+    logged_malformed: bool,
+}
+
+/// Outcome of taking the next chain from a ring.
+enum Next<'a> {
+    Chain(DescriptorChain<&'a GuestMemoryMmap>),
+    Empty,
+    Broken(String),
+}
+
+fn next_chain<'a>(queue: &mut Queue, mem: &'a GuestMemoryMmap) -> Next<'a> {
+    match queue.iter(mem) {
+        Ok(mut iter) => match iter.next() {
+            Some(chain) => Next::Chain(chain),
+            None => Next::Empty,
+        },
+        Err(e) => Next::Broken(e.to_string()),
+    }
+}
+
+fn rewind(queue: &mut Queue, count: usize) {
+    let next = queue.next_avail().wrapping_sub(count as u16);
+    queue.set_next_avail(next);
+}
+
+impl Worker {
+    pub fn new(setup: WorkerSetup) -> Result<Self, WorkerError> {
+        let epoll = Epoll::new().map_err(WorkerError::Epoll)?;
+        let worker = Self {
+            name: setup.name,
+            mem: setup.mem,
+            rx: setup.rx.into(),
+            tx: setup.tx.into(),
+            ctrl: setup.ctrl.map(|(q, c)| (q.into(), c)),
+            pair: setup.pair,
+            interrupt: setup.interrupt,
+            mergeable_rx: setup.mergeable_rx,
+            rx_frame_max: setup.rx_frame_max,
+            epoll,
+            tap_polled: false,
+            rx_starved: false,
+            broken: false,
+            logged_malformed: false,
+        };
+        worker.watch(worker.rx.notify.as_raw_fd(), TOKEN_RX)?;
+        worker.watch(worker.tx.notify.as_raw_fd(), TOKEN_TX)?;
+        worker.watch(worker.pair.wake.as_raw_fd(), TOKEN_WAKE)?;
+        if let Some((ctrl, _)) = &worker.ctrl {
+            worker.watch(ctrl.notify.as_raw_fd(), TOKEN_CTRL)?;
+        }
+        Ok(worker)
+    }
+
+    fn watch(&self, fd: i32, token: u64) -> Result<(), WorkerError> {
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(WorkerError::Epoll)
+    }
+
+    /// Polls the tap only while it is attached and the guest has RX buffers: a detached tap
+    /// reports EPOLLERR forever and a starved RX ring would spin on a readable tap.
+    fn update_tap_interest(&mut self) -> Result<(), WorkerError> {
+        let want = self.pair.attached() && !self.rx_starved && !self.broken;
+        if want == self.tap_polled {
+            return Ok(());
+        }
+        let fd = self.pair.tap.as_raw_fd();
+        if want {
+            self.watch(fd, TOKEN_TAP)?;
+        } else {
+            self.epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+                .map_err(WorkerError::Epoll)?;
+        }
+        self.tap_polled = want;
+        Ok(())
+    }
+
+    /// Runs until asked to stop.
+    pub fn run(mut self) -> Result<(), WorkerError> {
+        self.update_tap_interest()?;
+        // Buffers and frames the guest queued before the worker started.
+        self.process_tx();
+        self.process_rx();
+        self.process_ctrl();
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            self.update_tap_interest()?;
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(WorkerError::Epoll(e)),
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    TOKEN_WAKE => {
+                        let _ = self.pair.wake.read();
+                        if self.pair.stop.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                    }
+                    TOKEN_TAP => self.process_rx(),
+                    TOKEN_RX => {
+                        let _ = self.rx.notify.read();
+                        self.rx_starved = false;
+                        self.process_rx();
+                    }
+                    TOKEN_TX => {
+                        let _ = self.tx.notify.read();
+                        self.process_tx();
+                    }
+                    TOKEN_CTRL => {
+                        if let Some((ctrl, _)) = &self.ctrl {
+                            let _ = ctrl.notify.read();
+                        }
+                        self.process_ctrl();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn malformed(&mut self, what: &str) {
+        if !self.logged_malformed {
+            log::warn!(
+                "{}: malformed descriptor chain dropped ({what}); further ones are dropped silently",
+                self.name
+            );
+            self.logged_malformed = true;
+        }
+    }
+
+    /// The ring itself is corrupt (e.g. an available index that runs ahead of the ring): the
+    /// device stops and asks the driver to reset it.
+    fn mark_broken(&mut self, what: &str) {
+        if self.broken {
+            return;
+        }
+        self.broken = true;
+        log::error!(
+            "{}: virtqueue is broken ({what}): device needs reset",
+            self.name
+        );
+        if let Err(e) = self.interrupt.set_needs_reset() {
+            log::warn!("{}: cannot signal DEVICE_NEEDS_RESET: {e}", self.name);
+        }
+    }
+
+    fn signal(&mut self, which: u64) {
+        let q = if which == TOKEN_RX {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        };
+        match q.queue.needs_notification(&self.mem) {
+            Ok(true) => {
+                if let Err(e) = self.interrupt.signal_queue(q.vector) {
+                    log::warn!("{}: cannot raise the queue interrupt: {e}", self.name);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let what = e.to_string();
+                self.mark_broken(&what);
+            }
+        }
+    }
+
+    /// Guest -> tap.
+    pub fn process_tx(&mut self) {
+        if self.broken {
+            return;
+        }
+        let mut frames = 0;
+        loop {
+            if let Err(e) = self.tx.queue.disable_notification(&self.mem) {
+                return self.mark_broken(&e.to_string());
+            }
+            loop {
+                if frames == BATCH {
+                    // Come back after the other queues had a turn.
+                    let _ = self.tx.notify.write(1);
+                    self.signal(TOKEN_TX);
+                    return;
+                }
+                let chain = match next_chain(&mut self.tx.queue, &self.mem) {
+                    Next::Chain(chain) => chain,
+                    Next::Empty => break,
+                    Next::Broken(what) => return self.mark_broken(&what),
+                };
+                let head = chain.head_index();
+                match map_chain(&self.mem, chain, Direction::Readable) {
+                    Ok(buffers) if buffers.len > VNET_HDR_LEN => self.write_frame(&buffers),
+                    Ok(_) => self.malformed("TX frame no longer than the virtio-net header"),
+                    Err(e) => self.malformed(&e.to_string()),
+                }
+                if let Err(e) = self.tx.queue.add_used(&self.mem, head, 0) {
+                    return self.mark_broken(&e.to_string());
+                }
+                frames += 1;
+            }
+            match self.tx.queue.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => return self.mark_broken(&e.to_string()),
+            }
+        }
+        if frames > 0 {
+            self.signal(TOKEN_TX);
+        }
+    }
+
+    fn write_frame(&mut self, buffers: &ChainBuffers) {
+        let mut iovecs = Vec::with_capacity(buffers.segments.len());
+        buffers.push_iovecs(&mut iovecs);
+        // SAFETY: every iovec points into guest memory that stays mapped while this worker runs
+        // (the worker holds the GuestMemoryMmap); writev only reads from it.
+        let ret = unsafe {
+            libc::writev(
+                self.pair.tap.as_raw_fd(),
+                iovecs.as_ptr(),
+                iovecs.len() as libc::c_int,
+            )
+        };
+        if ret < 0 {
+            // A down, detached or full tap drops the frame, as a real link would.
+            log::debug!(
+                "{}: tap write failed, frame dropped: {}",
+                self.name,
+                io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// Tap -> guest.
+    pub fn process_rx(&mut self) {
+        if self.broken || !self.pair.attached() {
+            return;
+        }
+        let mut frames = 0;
+        while frames < BATCH {
+            match self.receive_frame() {
+                Ok(true) => frames += 1,
+                Ok(false) => break,
+                Err(what) => {
+                    self.mark_broken(&what);
+                    break;
+                }
+            }
+        }
+        if frames > 0 {
+            self.signal(TOKEN_RX);
+        }
+    }
+
+    /// Gathers enough guest buffers for one frame. Returns None when the ring ran dry (the
+    /// buffers taken so far are given back).
+    fn gather_rx_buffers(&mut self) -> Result<Option<Vec<ChainBuffers>>, String> {
+        let mut chains: Vec<ChainBuffers> = Vec::new();
+        let mut capacity = 0;
+        loop {
+            let chain = match next_chain(&mut self.rx.queue, &self.mem) {
+                Next::Chain(chain) => chain,
+                Next::Empty => {
+                    // Ask for a notification, then look once more (the guest may have added
+                    // buffers in between).
+                    let more = self
+                        .rx
+                        .queue
+                        .enable_notification(&self.mem)
+                        .map_err(|e| e.to_string())?;
+                    if more {
+                        continue;
+                    }
+                    rewind(&mut self.rx.queue, chains.len());
+                    self.rx_starved = true;
+                    return Ok(None);
+                }
+                Next::Broken(what) => return Err(what),
+            };
+            let head = chain.head_index();
+            match map_chain(&self.mem, chain, Direction::Writable) {
+                Ok(b) if b.len >= VNET_HDR_LEN => {
+                    capacity += b.len;
+                    chains.push(b);
+                }
+                Ok(_) => {
+                    self.malformed("RX buffer smaller than the virtio-net header");
+                    self.drop_rx_chain(head, &mut chains)?;
+                }
+                Err(e) => {
+                    self.malformed(&e.to_string());
+                    self.drop_rx_chain(head, &mut chains)?;
+                }
+            }
+            if !chains.is_empty() && (!self.mergeable_rx || capacity >= self.rx_frame_max) {
+                return Ok(Some(chains));
+            }
+        }
+    }
+
+    /// Returns a bad RX chain to the guest unused, with the good ones gathered before it: they
+    /// cannot be given back to the ring once a later chain is consumed.
+    fn drop_rx_chain(&mut self, head: u16, chains: &mut Vec<ChainBuffers>) -> Result<(), String> {
+        for c in chains.drain(..) {
+            self.rx
+                .queue
+                .add_used(&self.mem, c.head, 0)
+                .map_err(|e| e.to_string())?;
+        }
+        self.rx
+            .queue
+            .add_used(&self.mem, head, 0)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads one frame from the tap into guest buffers. Ok(false): nothing more to do now.
+    fn receive_frame(&mut self) -> Result<bool, String> {
+        if let Err(e) = self.rx.queue.disable_notification(&self.mem) {
+            return Err(e.to_string());
+        }
+        let Some(chains) = self.gather_rx_buffers()? else {
+            return Ok(false);
+        };
+        let mut iovecs = Vec::new();
+        for c in &chains {
+            c.push_iovecs(&mut iovecs);
+        }
+        // SAFETY: the iovecs point into guest RAM that stays mapped while the worker holds
+        // `mem`; the driver gave these buffers to the device, so writing them is allowed.
+        let ret = unsafe {
+            libc::readv(
+                self.pair.tap.as_raw_fd(),
+                iovecs.as_ptr(),
+                iovecs.len() as libc::c_int,
+            )
+        };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            rewind(&mut self.rx.queue, chains.len());
+            if err.kind() != io::ErrorKind::WouldBlock {
+                log::debug!("{}: tap read failed: {err}", self.name);
+            }
+            return Ok(false);
+        }
+        let mut left = ret as usize;
+        let mut used: Vec<(u16, u32)> = Vec::with_capacity(chains.len());
+        for c in &chains {
+            if left == 0 && !used.is_empty() {
+                break;
+            }
+            let take = left.min(c.len);
+            used.push((c.head, take as u32));
+            left -= take;
+        }
+        rewind(&mut self.rx.queue, chains.len() - used.len());
+        // num_buffers goes in before the used entries make the frame visible.
+        let count = (used.len() as u16).to_le_bytes();
+        if !chains[0].write_at(&self.mem, NUM_BUFFERS_OFFSET, &count) {
+            self.malformed("RX header not writable");
+        }
+        for (head, len) in used {
+            self.rx
+                .queue
+                .add_used(&self.mem, head, len)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(true)
+    }
+
+    fn process_ctrl(&mut self) {
+        let Some((mut ctrl, context)) = self.ctrl.take() else {
+            return;
+        };
+        let mut handled = 0;
+        loop {
+            let chain = match next_chain(&mut ctrl.queue, &self.mem) {
+                Next::Chain(chain) => chain,
+                Next::Empty => break,
+                Next::Broken(what) => {
+                    self.mark_broken(&what);
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let written = match handle_ctrl_chain(&self.mem, chain, &context) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.malformed(&e.to_string());
+                    0
+                }
+            };
+            if let Err(e) = ctrl.queue.add_used(&self.mem, head, written) {
+                self.mark_broken(&e.to_string());
+                break;
+            }
+            handled += 1;
+        }
+        if handled > 0 {
+            match ctrl.queue.needs_notification(&self.mem) {
+                Ok(true) => {
+                    if let Err(e) = self.interrupt.signal_queue(ctrl.vector) {
+                        log::warn!(
+                            "{}: cannot raise the control queue interrupt: {e}",
+                            self.name
+                        );
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => self.mark_broken(&e.to_string()),
+            }
+        }
+        self.ctrl = Some((ctrl, context));
+    }
+}
