@@ -211,8 +211,11 @@ pub fn follow(
                 }
             }
         }
-        if let Some(rest) = results_tail.rest().filter(|_| exited) {
-            progress.feed(&rest, now);
+        // Only once the writer is gone: before that, a line without its newline is still coming.
+        if exited {
+            if let Some(rest) = results_tail.rest() {
+                progress.feed(&rest, now);
+            }
         }
         let ready = if ready_marker_is_l1 {
             progress.l1_ready.is_some()
@@ -406,5 +409,30 @@ mod tests {
         assert!(matches!(f.ending, Ending::Completed), "{:?}", f.ending);
         let f = follow(&mut sleeper(), &res, None, &[], &quick(), false);
         assert!(matches!(f.ending, Ending::Failed { ref why } if why.contains("did not exit")));
+    }
+
+    #[test]
+    fn a_line_read_before_its_newline_is_not_lost() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        let res = d.path().join("r");
+        let mut f = std::fs::File::create(&res).unwrap();
+        f.write_all(b"@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n@@CHECK-END a rc=")
+            .unwrap();
+        let writer = std::thread::spawn(move || {
+            // Long enough for follow() to read the half line at least once.
+            std::thread::sleep(Duration::from_millis(400));
+            f.write_all(b"3 cs=1 timeout=0\n@@SCENARIO-END\n").unwrap();
+        });
+        let done = ChildGuard::new(Command::new("sleep").arg("0.8").spawn().unwrap(), "sleep");
+        let checks = [Check::new("a", RunAs::User, Duration::from_secs(10), "x").unwrap()];
+        let out = follow(&mut { done }, &res, None, &checks, &quick(), false);
+        writer.join().unwrap();
+        assert!(matches!(out.ending, Ending::Completed), "{:?}", out.ending);
+        let r = out
+            .progress
+            .result_of(&checks[0])
+            .expect("check a has a result");
+        assert_eq!(r.status, 3);
     }
 }
