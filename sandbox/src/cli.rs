@@ -56,8 +56,9 @@ pub struct RunArgs {
     /// vCPUs: `N` or `boot=N`.
     #[arg(long, value_name = "N", default_value = "1")]
     pub cpus: String,
-    /// Guest RAM: `SIZE` or `size=SIZE` (K, M, G suffixes; a bare number is MiB).
-    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    /// Guest RAM: `size=S[,hugepages=2M|1G][,hugetlbfs=DIR][,prefault=on][,shared=on]`, or just
+    /// `S` (K, M, G suffixes; a bare number is MiB). See docs/memory.md.
+    #[arg(long, value_name = "size=S,...", default_value = "512M")]
     pub memory: String,
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]
