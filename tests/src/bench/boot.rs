@@ -57,6 +57,11 @@ pub struct BootBench<'a> {
 /// One boot: ms from process start to the marker, and the RSS split then when asked for.
 type RunOutcome = Result<(f64, Option<probe::RssSplit>), String>;
 
+/// One line per boot on stderr, so that a long benchmark shows it is moving.
+fn progress(run: usize, runs: usize, vmm: &str, what: &str) {
+    eprintln!("paddock-bench: run {run}/{runs} {vmm}: {what}");
+}
+
 impl BootBench<'_> {
     fn one_run(&self, vmm: &Vmm, guest: &Guest, marker: &str, rss: bool) -> RunOutcome {
         let mut cmd = vmm
@@ -110,22 +115,44 @@ impl BootBench<'_> {
         });
         for run in 1..=self.runs {
             for (i, vmm) in vmms.iter().enumerate() {
+                let name = vmm.kind.name();
                 if let Some(g) = &first_guest {
                     match self.one_run(vmm, g, FIRST_BYTE_MARKER, false) {
-                        Ok((ms, _)) => samples[i].first_instruction_ms.push(ms),
-                        Err(e) => failures[i].push(format!("run {run}, first instruction: {e}")),
+                        Ok((ms, _)) => {
+                            progress(
+                                run,
+                                self.runs,
+                                name,
+                                &format!("first instruction {ms:.1} ms"),
+                            );
+                            samples[i].first_instruction_ms.push(ms);
+                        }
+                        Err(e) => {
+                            progress(run, self.runs, name, "first instruction FAILED");
+                            failures[i].push(format!("run {run}, first instruction: {e}"));
+                        }
                     }
                 }
                 if let Some(g) = &self.guest {
                     match self.one_run(vmm, g, READY_MARKER, true) {
                         Ok((ms, split)) => {
+                            let rss = split.map(|s| s.overhead_kib).unwrap_or_default();
+                            progress(
+                                run,
+                                self.runs,
+                                name,
+                                &format!("ready {ms:.1} ms, rss overhead {rss} KiB"),
+                            );
                             samples[i].ready_ms.push(ms);
                             if let Some(s) = split {
                                 samples[i].rss_overhead_kib.push(s.overhead_kib as f64);
                                 samples[i].rss_guest_kib.push(s.guest_kib as f64);
                             }
                         }
-                        Err(e) => failures[i].push(format!("run {run}, ready: {e}")),
+                        Err(e) => {
+                            progress(run, self.runs, name, "ready FAILED");
+                            failures[i].push(format!("run {run}, ready: {e}"));
+                        }
                     }
                 }
             }
