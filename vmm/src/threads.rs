@@ -2,10 +2,13 @@
 //! new thread before the thread's work, so no thread runs Paddock code without its seccomp filter.
 //!
 //! The binary sets the installer once ([`set_filter_installer`]); without one (library users, unit
-//! tests) threads run unfiltered. A thread inherits the filter of the thread that spawns it, and
-//! filters only ever narrow: a thread that spawns others must do so before installing a filter
-//! narrower than theirs. That is why the main thread installs its own ([`install_for_current_thread`])
-//! after the VM's threads are started, not before.
+//! tests) threads run unfiltered. A thread inherits the filter of the thread that clones it, and
+//! filters only ever narrow, so a thread cloned by a vCPU thread could never do more than a vCPU.
+//! Hence one service thread, the spawner, is started by [`set_filter_installer`] before any filter
+//! exists; its own filter is the union of every category's list plus what starting a thread takes.
+//! [`spawn`], called from any thread (a vCPU activating a device included), hands the work to the
+//! spawner over a channel and waits for the new thread's filter result: every thread thus runs
+//! under exactly its own category's list, and no other thread needs `clone`.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -27,16 +30,31 @@ pub enum ThreadCategory {
     VhostUser,
     /// The bundled virtiofsd backend.
     Virtiofsd,
+    /// The one thread that clones every other (see the module docs); started by
+    /// [`set_filter_installer`], never by [`spawn`].
+    Spawner,
 }
 
 impl ThreadCategory {
-    pub const ALL: [ThreadCategory; 6] = [
+    /// The categories a thread can be [`spawn`]ed with.
+    pub const SPAWNABLE: [ThreadCategory; 6] = [
         ThreadCategory::Vmm,
         ThreadCategory::Api,
         ThreadCategory::Vcpu,
         ThreadCategory::NetWorker,
         ThreadCategory::VhostUser,
         ThreadCategory::Virtiofsd,
+    ];
+
+    /// Every category with a filter: the spawnable ones and the spawner.
+    pub const ALL: [ThreadCategory; 7] = [
+        ThreadCategory::Vmm,
+        ThreadCategory::Api,
+        ThreadCategory::Vcpu,
+        ThreadCategory::NetWorker,
+        ThreadCategory::VhostUser,
+        ThreadCategory::Virtiofsd,
+        ThreadCategory::Spawner,
     ];
 
     /// The name used on the command line, in `paddock policy seccomp` and in reports.
@@ -48,6 +66,7 @@ impl ThreadCategory {
             ThreadCategory::NetWorker => "net-worker",
             ThreadCategory::VhostUser => "vhost-user",
             ThreadCategory::Virtiofsd => "virtiofsd",
+            ThreadCategory::Spawner => "spawner",
         }
     }
 }
@@ -63,10 +82,23 @@ pub type FilterInstaller = fn(ThreadCategory) -> Result<(), String>;
 
 static INSTALLER: OnceLock<FilterInstaller> = OnceLock::new();
 
+/// Work for the spawner thread: start one thread and send its outcome to the caller.
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// The spawner thread's inbox; set together with the installer.
+static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
+
+/// The spawner thread's name (also what SIGSYS reports call it).
+pub const SPAWNER_THREAD_NAME: &str = "paddock-spawner";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ThreadError {
     #[error("the seccomp filter installer is already set: set it once, at start-up")]
     InstallerAlreadySet,
+    #[error("thread `{name}`: the spawner thread is gone (it panicked), so no thread can start")]
+    SpawnerGone { name: String },
+    #[error("thread `{name}`: the spawner category is the spawner thread's alone; pick the category of the thread's work")]
+    NotSpawnable { name: String },
     #[error("thread `{name}`: the OS refused to start it: {source}")]
     Spawn {
         name: String,
@@ -87,10 +119,27 @@ pub enum ThreadError {
     },
 }
 
-/// Sets the hook that installs a category's filter in the calling thread. Once per process.
+/// Sets the hook that installs a category's filter in the calling thread, and starts the spawner
+/// thread under its [`ThreadCategory::Spawner`] filter. Once per process, before the calling thread
+/// (or any other) installs a filter: the spawner inherits the caller's.
 pub fn set_filter_installer(installer: FilterInstaller) -> Result<(), ThreadError> {
     INSTALLER
         .set(installer)
+        .map_err(|_| ThreadError::InstallerAlreadySet)?;
+    let (jobs, inbox) = mpsc::channel::<SpawnJob>();
+    // The spawner itself starts like any other thread: its filter first, then its loop.
+    let _detached = spawn_here(
+        ThreadCategory::Spawner,
+        SPAWNER_THREAD_NAME.into(),
+        move || {
+            // Ends when every sender is gone, i.e. never while the process runs.
+            for job in inbox {
+                job();
+            }
+        },
+    )?;
+    SPAWNER
+        .set(jobs)
         .map_err(|_| ThreadError::InstallerAlreadySet)
 }
 
@@ -134,6 +183,7 @@ impl<T> ThreadHandle<T> {
 
 /// Starts `f` on a new thread named `name`, after the `category` filter is installed in it.
 /// Returns only once the filter is in place; if it cannot be, `f` never runs and the error says why.
+/// Callable from any thread: once filters are set up, the spawner thread does the cloning.
 pub fn spawn<F, T>(
     category: ThreadCategory,
     name: impl Into<String>,
@@ -144,6 +194,38 @@ where
     T: Send + 'static,
 {
     let name = name.into();
+    if category == ThreadCategory::Spawner {
+        // Its list is the union of all others: no worker may run under it.
+        return Err(ThreadError::NotSpawnable { name });
+    }
+    let Some(spawner) = SPAWNER.get() else {
+        // No filters in this process: nothing narrows, the caller can clone directly.
+        return spawn_here(category, name, f);
+    };
+    let (reply, outcome) = mpsc::sync_channel(1);
+    let job_name = name.clone();
+    let job: SpawnJob = Box::new(move || {
+        // The caller waits on this; if it is gone, the thread still runs detached.
+        let _ = reply.send(spawn_here(category, job_name, f));
+    });
+    spawner
+        .send(job)
+        .map_err(|_| ThreadError::SpawnerGone { name: name.clone() })?;
+    outcome
+        .recv()
+        .map_err(|_| ThreadError::SpawnerGone { name })?
+}
+
+/// Clones the thread from the calling thread and waits for its filter result.
+fn spawn_here<F, T>(
+    category: ThreadCategory,
+    name: String,
+    f: F,
+) -> Result<ThreadHandle<T>, ThreadError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
     let (report, installed) = mpsc::sync_channel::<Result<(), String>>(1);
     let inner = std::thread::Builder::new()
         .name(name.clone())
@@ -184,9 +266,18 @@ mod tests {
 
     // The installer is process-wide, so one test exercises every path in order.
     static REFUSE_API: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: std::sync::Mutex<Vec<(ThreadCategory, Option<String>)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    fn installed() -> Vec<(ThreadCategory, Option<String>)> {
+        INSTALLED.lock().map(|l| l.clone()).unwrap_or_default()
+    }
 
     fn test_installer(category: ThreadCategory) -> Result<(), String> {
         let name = std::thread::current().name().map(str::to_owned);
+        if let Ok(mut list) = INSTALLED.lock() {
+            list.push((category, name.clone()));
+        }
         if category == ThreadCategory::Api && REFUSE_API.load(Ordering::SeqCst) {
             return Err(format!("refused in {name:?}"));
         }
@@ -198,12 +289,41 @@ mod tests {
         // Without an installer, threads run unfiltered.
         let h = spawn(ThreadCategory::Vcpu, "no-hook", || 7).expect("spawn");
         assert_eq!(h.join().expect("join"), 7);
+        assert!(matches!(
+            spawn(ThreadCategory::Spawner, "wide", || ()),
+            Err(ThreadError::NotSpawnable { .. })
+        ));
 
         set_filter_installer(test_installer).expect("first set");
         assert!(matches!(
             set_filter_installer(test_installer),
             Err(ThreadError::InstallerAlreadySet)
         ));
+        // The spawner started with its own filter, in its own thread.
+        assert_eq!(
+            installed(),
+            vec![(
+                ThreadCategory::Spawner,
+                Some(SPAWNER_THREAD_NAME.to_owned())
+            )]
+        );
+
+        // A spawned thread spawns another: each gets its own category, in its own thread.
+        let outer = spawn(ThreadCategory::Vcpu, "CPU 0/KVM", || {
+            spawn(ThreadCategory::NetWorker, "net0-qp0", || 9)
+                .map(|h| h.join().ok())
+                .ok()
+                .flatten()
+        })
+        .expect("spawn");
+        assert_eq!(outer.join().expect("join"), Some(9));
+        assert_eq!(
+            installed()[1..],
+            [
+                (ThreadCategory::Vcpu, Some("CPU 0/KVM".to_owned())),
+                (ThreadCategory::NetWorker, Some("net0-qp0".to_owned())),
+            ]
+        );
 
         let h = spawn(ThreadCategory::Api, "api-ok", || {
             std::thread::current().name().map(str::to_owned)

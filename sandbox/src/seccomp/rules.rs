@@ -125,7 +125,8 @@ const VCPU: &[Allow] = &[
     arg_is("ioctl", libc::SYS_ioctl, 1, KVM_GET_REGS, "KVM_GET_REGS", "guest RIP for a vCPU fault report (vcpu.rs Vcpu::rip)"),
 ];
 
-/// What a thread needs to start others (and have them install their own filters).
+/// What the spawner thread needs to start others (and have them install their own filters); a new
+/// thread also runs these under the spawner's filter until its own is in place.
 #[rustfmt::skip]
 const SPAWNER: &[Allow] = &[
     arg_is("clone", libc::SYS_clone, 0, THREAD_CLONE_FLAGS, "thread flags", "start a thread (never a process: fork/vfork flags differ)"),
@@ -140,7 +141,8 @@ const SPAWNER: &[Allow] = &[
     always("gettid", libc::SYS_gettid, "std records the new thread's id"),
 ];
 
-/// The main thread after the VM runs (wait, kick, tear down) and the console input thread.
+/// The main thread after the VM runs (wait, kick, tear down) and the console input thread. It
+/// starts threads by asking the spawner thread, so it needs no clone.
 #[rustfmt::skip]
 const VMM: &[Allow] = &[
     always("read", libc::SYS_read, "the exit/fault eventfds; console input from stdin"),
@@ -232,17 +234,31 @@ const VIRTIOFSD: &[Allow] = &[
     always("epoll_ctl", libc::SYS_epoll_ctl, "watch queue eventfds"),
 ];
 
-/// The category's own entries, without the ones every thread has.
-fn own(category: ThreadCategory) -> Vec<&'static Allow> {
-    let lists: &[&[Allow]] = match category {
-        ThreadCategory::Vmm => &[VMM, SPAWNER],
-        ThreadCategory::Api => &[API, SPAWNER],
+/// The lists a thread of `category` has on top of [`EVERY_THREAD`].
+fn lists(category: ThreadCategory) -> &'static [&'static [Allow]] {
+    match category {
+        ThreadCategory::Vmm => &[VMM],
+        ThreadCategory::Api => &[API],
         ThreadCategory::Vcpu => &[VCPU],
         ThreadCategory::NetWorker => &[NET_WORKER],
         ThreadCategory::VhostUser => &[VHOST_USER],
         ThreadCategory::Virtiofsd => &[VIRTIOFSD],
-    };
-    lists.iter().flat_map(|l| l.iter()).collect()
+        // Filters stack, so a thread it starts can do at most what the spawner can: the spawner
+        // must allow everything any category allows, and thread start-up.
+        ThreadCategory::Spawner => &[VMM, API, VCPU, NET_WORKER, VHOST_USER, VIRTIOFSD, SPAWNER],
+    }
+}
+
+/// The category's own entries, without the ones every thread has; an entry that several lists
+/// share (same call and condition) once, with the first list's reason.
+fn own(category: ThreadCategory) -> Vec<&'static Allow> {
+    let mut out: Vec<&'static Allow> = Vec::new();
+    for allow in lists(category).iter().flat_map(|l| l.iter()) {
+        if !out.iter().any(|a| a.nr == allow.nr && a.when == allow.when) {
+            out.push(allow);
+        }
+    }
+    out
 }
 
 /// Every entry that applies to `category`.
@@ -279,6 +295,31 @@ mod tests {
     }
 
     #[test]
+    fn spawner_covers_every_category_and_only_it_clones() {
+        let same = |a: &Allow, b: &Allow| a.nr == b.nr && a.when == b.when;
+        let spawner = allow_list(ThreadCategory::Spawner);
+        for c in ThreadCategory::SPAWNABLE {
+            for a in allow_list(c) {
+                assert!(
+                    spawner.iter().any(|s| same(s, a)),
+                    "{c}: {} missing",
+                    a.call
+                );
+            }
+            assert!(
+                !allow_list(c).iter().any(|a| a.nr == libc::SYS_clone),
+                "{c} may clone"
+            );
+        }
+        assert!(spawner.iter().any(|a| a.nr == libc::SYS_clone));
+        let mut seen: Vec<(i64, When)> = Vec::new();
+        for a in &spawner {
+            assert!(!seen.contains(&(a.nr, a.when)), "{} twice", a.call);
+            seen.push((a.nr, a.when));
+        }
+    }
+
+    #[test]
     fn vcpu_list_is_the_smallest() {
         let vcpu = syscall_count(ThreadCategory::Vcpu);
         for c in ThreadCategory::ALL {
@@ -295,7 +336,7 @@ mod tests {
                 a.call == "ioctl" && matches!(a.when, When::ArgIs { value, .. } if value == v)
             })
         };
-        for c in ThreadCategory::ALL {
+        for c in ThreadCategory::SPAWNABLE {
             assert_eq!(has(c, KVM_RUN), c == ThreadCategory::Vcpu, "{c}");
             assert_eq!(has(c, TUNSETQUEUE), c == ThreadCategory::NetWorker, "{c}");
         }
