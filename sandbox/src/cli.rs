@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// `S` (K, M, G suffixes; a bare number is MiB). See docs/memory.md.
     #[arg(long, value_name = "size=S,...", default_value = "512M")]
     pub memory: String,
+    /// A virtio-net device on an existing tap: `tap=NAME[,queues=PAIRS][,mac=MAC]`; PAIRS
+    /// defaults to the vCPU count and may not exceed it. Repeatable.
+    #[arg(long, value_name = "tap=NAME,...")]
+    pub net: Vec<String>,
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]
     pub serial: String,

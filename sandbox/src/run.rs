@@ -39,6 +39,15 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };
+    let nets = match args
+        .net
+        .iter()
+        .map(|n| config::parse_net(n))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(n) => n,
+        Err(e) => return cannot_start(e),
+    };
     let serial = match config::parse_serial(&args.serial) {
         Ok(s) => s,
         Err(e) => return cannot_start(e),
@@ -84,6 +93,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         memory,
         serial_out: Box::new(watcher),
         serial_in,
+        nets,
     };
     let mut vm = match Vm::create(cfg) {
         Ok(vm) => vm,

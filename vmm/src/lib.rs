@@ -4,6 +4,7 @@ pub mod arch;
 pub mod interrupts;
 pub mod kvm;
 pub mod memory;
+pub mod net;
 pub mod threads;
 pub mod vcpu;
 pub mod vm;

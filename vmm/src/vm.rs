@@ -1,12 +1,14 @@
 //! Building and running a VM: Created -> Running -> Shutdown.
 
 use crate::arch::x86_64 as arch;
+use crate::interrupts::GsiRouting;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryConfig, MemoryError};
+use crate::net::{self, NetAttachError, NetContext, NetSpec};
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
 use devices::legacy;
 use devices::legacy::serial::{SerialConsole, SERIAL_PORT_SPAN};
-use devices::pci::{MmioBarMapper, PciConfigIo, PciConfigMmio, PciRoot};
+use devices::pci::{BarAllocator, MmioBarMapper, PciConfigIo, PciConfigMmio, PciRoot, Window};
 use devices::{Bus, BusDevice, ExitRequest, ExitSignal};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -35,6 +37,8 @@ pub struct VmConfig {
     pub serial_out: Box<dyn Write + Send>,
     /// Console input for the guest (the host's stdin), read on its own thread.
     pub serial_in: Option<Box<dyn Read + Send>>,
+    /// One virtio-net device per entry (`--net`).
+    pub nets: Vec<NetSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,10 @@ pub enum VmError {
     Kvm(#[from] KvmError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Net(#[from] NetAttachError),
+    #[error("the PCI BAR windows: {0}")]
+    BarWindows(#[from] devices::pci::AllocatorError),
     #[error("--cpus 0: a VM needs at least one vCPU")]
     NoVcpus,
     #[error("--cpus {asked}: this host's KVM allows at most {max} vCPUs per VM")]
@@ -105,7 +113,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     handles: Vec<VcpuHandle>,
     control: Arc<RunControl>,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     _pio: Arc<Bus>,
     _mmio: Arc<Bus>,
@@ -154,7 +162,7 @@ impl Vm {
                 max,
             });
         }
-        let vm_fd = kvm::create_vm(&kvm)?;
+        let vm_fd = Arc::new(kvm::create_vm(&kvm)?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
@@ -188,6 +196,7 @@ impl Vm {
         let mmio = Arc::new(Bus::new());
         let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
         let pci = add_pci_root(&pio, &mmio)?;
+        add_nets(&vm_fd, &pci, &mem, &cfg.nets, cfg.vcpus.into())?;
         if let Some(input) = cfg.serial_in {
             spawn_serial_input(serial, input).map_err(io("starting the serial input thread"))?;
         }
@@ -288,6 +297,43 @@ impl Vm {
         }
         self.state = VmState::Shutdown;
     }
+}
+
+/// Every `--net`, on one GSI routing table and one BAR allocator over the VM's PCI windows.
+fn add_nets(
+    vm: &Arc<VmFd>,
+    pci: &PciRoot,
+    mem: &GuestMemoryMmap,
+    nets: &[NetSpec],
+    vcpus: usize,
+) -> Result<(), VmError> {
+    if nets.is_empty() {
+        return Ok(());
+    }
+    let windows = arch::pci_windows(mem);
+    let mut allocator = BarAllocator::new(
+        Window {
+            base: windows.mmio32.0.into(),
+            size: windows.mmio32.1.into(),
+        },
+        Window {
+            base: windows.mmio64.0,
+            size: windows.mmio64.1,
+        },
+    )?;
+    let routing = GsiRouting::new(vm.clone());
+    let mut ctx = NetContext {
+        vm,
+        routing: &routing,
+        pci,
+        allocator: &mut allocator,
+        mem,
+        vcpus,
+    };
+    for (index, spec) in nets.iter().enumerate() {
+        net::attach(&mut ctx, index, spec)?;
+    }
+    Ok(())
 }
 
 /// The PCI root bus with its host bridge, reachable through ports 0xcf8/0xcfc and ECAM (the window

@@ -14,6 +14,10 @@ pub enum ConfigError {
     Memory(OptionError),
     #[error("--cpus `{0}`: give a whole number of vCPUs from 1 to 255, e.g. --cpus 2")]
     Cpus(String),
+    #[error(
+        "--net `{text}`: {reason}; the syntax is tap=NAME[,queues=PAIRS][,mac=52:54:00:12:34:56]"
+    )]
+    Net { text: String, reason: String },
     #[error("--serial `{0}`: use stdout, off, or file=PATH")]
     Serial(String),
 }
@@ -37,6 +41,51 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
     MemoryConfig::from_options(|key| kv.get(key)).map_err(ConfigError::Memory)
 }
 
+/// `--net tap=NAME[,queues=PAIRS][,mac=MAC]` (a bare first value is the tap name).
+pub fn parse_net(text: &str) -> Result<vmm::net::NetSpec, ConfigError> {
+    let fail = |reason: String| ConfigError::Net {
+        text: text.to_string(),
+        reason,
+    };
+    let kv = KeyValues::parse("--net", text, Some("tap"), &["tap", "queues", "mac"])?;
+    let tap = kv
+        .get("tap")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| fail("no tap name".into()))?
+        .to_string();
+    let queue_pairs =
+        match kv.get("queues") {
+            None => None,
+            Some(q) => Some(q.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                fail(format!("queues=`{q}` is not a number of queue pairs >= 1"))
+            })?),
+        };
+    let mac = match kv.get("mac") {
+        None => None,
+        Some(m) => {
+            Some(parse_mac(m).ok_or_else(|| fail(format!("mac=`{m}` is not six hex bytes")))?)
+        }
+    };
+    Ok(vmm::net::NetSpec {
+        tap,
+        queue_pairs,
+        mac,
+    })
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 pub fn parse_serial(text: &str) -> Result<SerialTarget, ConfigError> {
     match text {
         "stdout" => Ok(SerialTarget::Stdout),
@@ -51,6 +100,28 @@ pub fn parse_serial(text: &str) -> Result<SerialTarget, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_syntax() {
+        let n = parse_net("tap=tap0,queues=2,mac=52:54:00:ab:cd:0e").expect("net");
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.queue_pairs, Some(2));
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xab, 0xcd, 0x0e]));
+        let bare = parse_net("tap1").expect("bare");
+        assert_eq!(
+            (bare.tap.as_str(), bare.queue_pairs, bare.mac),
+            ("tap1", None, None)
+        );
+        for bad in [
+            "queues=2",
+            "tap=t,queues=0",
+            "tap=t,queues=x",
+            "tap=t,mac=1:2:3",
+            "tap=t,mtu=9000",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cpus_and_memory() {

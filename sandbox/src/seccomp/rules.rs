@@ -88,6 +88,7 @@ pub const KVM_RUN: u64 = 0xae80;
 pub const KVM_GET_REGS: u64 = 0x8090_ae81;
 pub const TUNSETQUEUE: u64 = 0x4004_54d9;
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+pub const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
 
 /// The flags glibc's pthread_create passes to clone(2): a thread, never a process.
 pub const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
@@ -123,6 +124,19 @@ const EVERY_THREAD: &[Allow] = &[
 const VCPU: &[Allow] = &[
     arg_is("ioctl", libc::SYS_ioctl, 1, KVM_RUN, "KVM_RUN", "run the vCPU (vcpu.rs run_once)"),
     arg_is("ioctl", libc::SYS_ioctl, 1, KVM_GET_REGS, "KVM_GET_REGS", "guest RIP for a vCPU fault report (vcpu.rs Vcpu::rip)"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, KVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING", "the guest programs an MSI-X vector (an MMIO write): vmm/interrupts.rs rewrites the routing table"),
+];
+
+/// vCPU threads, while a device is active: DRIVER_OK is an MMIO write handled on the vCPU, and
+/// virtio-net activation sets up its queue workers there before the spawner starts them.
+#[rustfmt::skip]
+const VCPU_DEVICE_ACTIVATION: &[Allow] = &[
+    arg_is("fcntl", libc::SYS_fcntl, 1, libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC", "the transport hands each queue a copy of its notify eventfd"),
+    always("read", libc::SYS_read, "a device reset (status 0, the driver's first step) drains each queue's notify eventfd (virtio/pci.rs reset)"),
+    always("epoll_create1", libc::SYS_epoll_create1, "net activation creates each queue worker's epoll set (worker.rs Worker::new)"),
+    always("epoll_ctl", libc::SYS_epoll_ctl, "net activation adds the queue eventfds to that set"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETOFFLOAD, "TUNSETOFFLOAD", "net activation applies the negotiated offloads to each tap queue"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETQUEUE, "TUNSETQUEUE", "net activation attaches queue 0 and detaches the rest: seed `tun_socket attach_queue`"),
 ];
 
 /// What the spawner thread needs to start others (and have them install their own filters); a new
@@ -239,13 +253,22 @@ fn lists(category: ThreadCategory) -> &'static [&'static [Allow]] {
     match category {
         ThreadCategory::Vmm => &[VMM],
         ThreadCategory::Api => &[API],
-        ThreadCategory::Vcpu => &[VCPU],
+        ThreadCategory::Vcpu => &[VCPU, VCPU_DEVICE_ACTIVATION],
         ThreadCategory::NetWorker => &[NET_WORKER],
         ThreadCategory::VhostUser => &[VHOST_USER],
         ThreadCategory::Virtiofsd => &[VIRTIOFSD],
         // Filters stack, so a thread it starts can do at most what the spawner can: the spawner
         // must allow everything any category allows, and thread start-up.
-        ThreadCategory::Spawner => &[VMM, API, VCPU, NET_WORKER, VHOST_USER, VIRTIOFSD, SPAWNER],
+        ThreadCategory::Spawner => &[
+            VMM,
+            API,
+            VCPU,
+            VCPU_DEVICE_ACTIVATION,
+            NET_WORKER,
+            VHOST_USER,
+            VIRTIOFSD,
+            SPAWNER,
+        ],
     }
 }
 
@@ -338,7 +361,9 @@ mod tests {
         };
         for c in ThreadCategory::SPAWNABLE {
             assert_eq!(has(c, KVM_RUN), c == ThreadCategory::Vcpu, "{c}");
-            assert_eq!(has(c, TUNSETQUEUE), c == ThreadCategory::NetWorker, "{c}");
+            // vCPUs activate net devices (DRIVER_OK), which attaches the first tap queue.
+            let tun = matches!(c, ThreadCategory::NetWorker | ThreadCategory::Vcpu);
+            assert_eq!(has(c, TUNSETQUEUE), tun, "{c}");
         }
     }
 }

@@ -292,9 +292,9 @@ fn kvm_run_only_on_vcpu_threads() {
 }
 
 #[test]
-fn tun_ioctls_only_on_net_workers() {
+fn tun_ioctls_only_on_net_workers_and_activating_vcpus() {
     for category in ThreadCategory::SPAWNABLE {
-        let expected = if category == ThreadCategory::NetWorker {
+        let expected = if matches!(category, ThreadCategory::NetWorker | ThreadCategory::Vcpu) {
             EBADF
         } else {
             DENIED
@@ -367,8 +367,8 @@ fn spawner_allows_what_every_category_does() {
     assert_eq!(enforced(ThreadCategory::Spawner, fork_by_clone), DENIED);
 }
 
-fn read_bad_fd() -> i64 {
-    sys(libc::SYS_read, [-1, 0, 0, 0])
+fn readv_bad_fd() -> i64 {
+    sys(libc::SYS_readv, [-1, 0, 0, 0])
 }
 
 fn enable_or_exit() {
@@ -385,9 +385,9 @@ fn enable_or_exit() {
 fn thread_spawned_from_a_vcpu_thread_gets_exactly_its_own_list() {
     let (ended, stderr) = in_child(enable_or_exit, || {
         let vcpu = threads::spawn(ThreadCategory::Vcpu, "CPU 3/KVM", || {
-            // The vCPU's own list forbids read; that is checked in the test below.
+            // The vCPU's own list forbids readv; that is checked in the test below.
             let worker = threads::spawn(ThreadCategory::NetWorker, "net0-qp0", || {
-                (ioctl(rules::TUNSETQUEUE), read_bad_fd())
+                (ioctl(rules::TUNSETQUEUE), readv_bad_fd())
             });
             match worker.map(|h| h.join()) {
                 Ok(Ok(results)) => results,
@@ -395,7 +395,7 @@ fn thread_spawned_from_a_vcpu_thread_gets_exactly_its_own_list() {
             }
         });
         match vcpu.map(|h| h.join()) {
-            Ok(Ok((tun, read))) if tun == -(libc::EBADF as i64) => read,
+            Ok(Ok((tun, readv))) if tun == -(libc::EBADF as i64) => readv,
             Ok(Ok((tun, _))) => tun,
             _ => -2000,
         }
@@ -427,10 +427,10 @@ fn thread_spawned_from_a_vcpu_thread_gets_exactly_its_own_list() {
 }
 
 /// Asking the spawner is the only way: a vCPU thread's own clone is still refused, and so is
-/// the read its list lacks. glibc blocks signals around clone, so that denial cannot reach the
+/// the readv its list lacks. glibc blocks signals around clone, so that denial cannot reach the
 /// reporter: the kernel ends the process with SIGSYS.
 #[test]
-fn vcpu_thread_still_cannot_clone_or_read_itself() {
+fn vcpu_thread_still_cannot_clone_or_readv_itself() {
     let in_vcpu = |probe: fn() -> i64| {
         in_child(enable_or_exit, move || {
             match threads::spawn(ThreadCategory::Vcpu, "CPU 5/KVM", probe).map(|h| h.join()) {
@@ -441,14 +441,14 @@ fn vcpu_thread_still_cannot_clone_or_read_itself() {
     };
     let (ended, stderr) = in_vcpu(std_thread);
     assert_eq!(ended, DENIED, "clone: stderr: {stderr}");
-    let (ended, stderr) = in_vcpu(read_bad_fd);
+    let (ended, stderr) = in_vcpu(readv_bad_fd);
     assert_eq!(
         ended,
         Ended::Exit(sigsys::EXIT_SECCOMP_DENIED),
-        "read: stderr: {stderr}"
+        "readv: stderr: {stderr}"
     );
     assert!(
-        stderr.contains("thread `CPU 5/KVM` (vcpu) made system call read (0)"),
+        stderr.contains("thread `CPU 5/KVM` (vcpu) made system call readv (19)"),
         "{stderr}"
     );
 }
