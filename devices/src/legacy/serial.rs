@@ -67,11 +67,6 @@ impl SerialConsole {
         }
     }
 
-    /// The output the console writes to.
-    pub fn output_mut(&mut self) -> &mut (dyn Write + Send) {
-        self.uart.writer_mut().as_mut()
-    }
-
     fn write_register(&mut self, offset: u8, value: u8) {
         match self.uart.write(offset, value) {
             Ok(()) => {}

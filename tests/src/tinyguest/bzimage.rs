@@ -116,13 +116,7 @@ fn put(img: &mut [u8], at: usize, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn u16_at(b: &[u8], at: usize) -> u16 {
-        u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
-    }
-    fn u32_at(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-    }
+    use crate::tinyguest::le::{u16_at, u32_at};
 
     #[test]
     fn header_fields_follow_the_boot_protocol() {

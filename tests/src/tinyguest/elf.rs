@@ -125,16 +125,7 @@ fn pvh_note(entry: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn u16_at(b: &[u8], at: usize) -> u16 {
-        u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
-    }
-    fn u32_at(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-    }
-    fn u64_at(b: &[u8], at: usize) -> u64 {
-        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-    }
+    use crate::tinyguest::le::{u16_at, u32_at, u64_at};
 
     /// Reads the image back the way a loader does: header, program headers, segment, note.
     #[test]

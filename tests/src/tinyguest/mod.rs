@@ -133,3 +133,17 @@ pub fn write_image(
 
 #[cfg(test)]
 mod tests;
+
+/// Little-endian field readers for the image tests, which read headers back as a loader does.
+#[cfg(test)]
+pub(crate) mod le {
+    pub fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+    pub fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+    pub fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32)
+    }
+}

@@ -36,11 +36,6 @@ pub enum MemoryError {
     TooSmall(u64),
     #[error("cannot read /proc/meminfo: {0}")]
     Meminfo(std::io::Error),
-    #[error("cannot map {size} MiB of guest memory: {source}")]
-    Map {
-        size: u64,
-        source: vm_memory::mmap::FromRangesError,
-    },
     #[error(transparent)]
     Preflight(#[from] PreflightError),
     #[error(transparent)]
@@ -84,17 +79,6 @@ pub fn check_size(size: u64) -> Result<(), MemoryError> {
         });
     }
     Ok(())
-}
-
-/// Maps anonymous private RAM for the given ranges.
-pub fn create_anonymous(
-    regions: &[(vm_memory::GuestAddress, usize)],
-) -> Result<GuestMemoryMmap, MemoryError> {
-    let size = regions.iter().map(|r| r.1 as u64).sum::<u64>();
-    GuestMemoryMmap::from_ranges(regions).map_err(|source| MemoryError::Map {
-        size: size >> 20,
-        source,
-    })
 }
 
 /// The host's base page size.
