@@ -515,30 +515,7 @@ impl Worker {
         let Some((mut ctrl, context)) = self.ctrl.take() else {
             return;
         };
-        let mut handled = 0;
-        loop {
-            let chain = match next_chain(&mut ctrl.queue, &self.mem) {
-                Next::Chain(chain) => chain,
-                Next::Empty => break,
-                Next::Broken(what) => {
-                    self.mark_broken(&what);
-                    break;
-                }
-            };
-            let head = chain.head_index();
-            let written = match handle_ctrl_chain(&self.mem, chain, &context) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.malformed(&e.to_string());
-                    0
-                }
-            };
-            if let Err(e) = ctrl.queue.add_used(&self.mem, head, written) {
-                self.mark_broken(&e.to_string());
-                break;
-            }
-            handled += 1;
-        }
+        let handled = self.serve_ctrl(&mut ctrl, &context);
         if handled > 0 {
             match ctrl.queue.needs_notification(&self.mem) {
                 Ok(true) => {
@@ -554,5 +531,52 @@ impl Worker {
             }
         }
         self.ctrl = Some((ctrl, context));
+    }
+
+    /// Answers every queued control request. With EVENT_IDX the driver kicks only when the
+    /// device asked for it (avail_event), so notifications are re-enabled before the ring is
+    /// found empty, as on TX; a driver that polls for its ack would otherwise wait forever.
+    fn serve_ctrl(&mut self, ctrl: &mut WorkQueue, context: &CtrlContext) -> usize {
+        let mut handled = 0;
+        if self.broken {
+            return handled;
+        }
+        loop {
+            if let Err(e) = ctrl.queue.disable_notification(&self.mem) {
+                self.mark_broken(&e.to_string());
+                return handled;
+            }
+            loop {
+                let chain = match next_chain(&mut ctrl.queue, &self.mem) {
+                    Next::Chain(chain) => chain,
+                    Next::Empty => break,
+                    Next::Broken(what) => {
+                        self.mark_broken(&what);
+                        return handled;
+                    }
+                };
+                let head = chain.head_index();
+                let written = match handle_ctrl_chain(&self.mem, chain, context) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.malformed(&e.to_string());
+                        0
+                    }
+                };
+                if let Err(e) = ctrl.queue.add_used(&self.mem, head, written) {
+                    self.mark_broken(&e.to_string());
+                    return handled;
+                }
+                handled += 1;
+            }
+            match ctrl.queue.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                Ok(false) => return handled,
+                Err(e) => {
+                    self.mark_broken(&e.to_string());
+                    return handled;
+                }
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
@@ -147,6 +147,8 @@ struct Rig {
     rec: Arc<RecordingInterrupts>,
     shared: Arc<SharedStatus>,
     notify: Vec<EventFd>,
+    /// VIRTIO_F_RING_EVENT_IDX was negotiated: the driver kicks only when the device asked.
+    event_idx: bool,
     _tap: TestTap,
 }
 
@@ -179,7 +181,8 @@ impl Rig {
         let mut rings = Vec::new();
         for (index, base) in QUEUE_BASES.iter().take(nqueues).enumerate() {
             let vq = MockSplitQueue::create(mem, GuestAddress(*base), 16);
-            let queue: Queue = vq.create_queue().unwrap();
+            let mut queue: Queue = vq.create_queue().unwrap();
+            queue.set_event_idx(acked & feature(F_RING_EVENT_IDX) != 0);
             rings.push(vq);
             let event = EventFd::new(EFD_NONBLOCK).unwrap();
             notify.push(event.try_clone().unwrap());
@@ -203,6 +206,7 @@ impl Rig {
             rec,
             shared,
             notify,
+            event_idx: acked & feature(F_RING_EVENT_IDX) != 0,
             _tap: tap,
         })
     }
@@ -224,6 +228,26 @@ impl Rig {
 
     fn kick(&self, index: usize) {
         self.notify[index].write(1).unwrap();
+    }
+
+    /// The avail ring's index, as the driver last published it.
+    fn avail_idx(&self, index: usize) -> u16 {
+        self.vq(index).avail().idx().load()
+    }
+
+    /// What a Linux driver does after publishing buffers up to `new` (from `old`): kick always,
+    /// or with EVENT_IDX only when the device's avail_event lies in between (vring_need_event).
+    fn driver_kick(&self, index: usize, old: u16, new: u16) {
+        if self.event_idx {
+            let vq = self.vq(index);
+            let size = 16u64;
+            let at = vq.used_addr().unchecked_add(4 + 8 * size);
+            let event: u16 = self.mem.read_obj(at).unwrap();
+            if new.wrapping_sub(event).wrapping_sub(1) >= new.wrapping_sub(old) {
+                return;
+            }
+        }
+        self.kick(index);
     }
 
     fn wait_used(&self, index: usize, count: usize) -> Vec<(u32, u32)> {
@@ -440,6 +464,7 @@ fn ctrl_request(rig: &Rig, ctrl: usize, slot: u16, request: &[u8]) -> u8 {
     rig.mem
         .write_slice(&[0xee], GuestAddress(at + 0x80))
         .unwrap();
+    let old = rig.avail_idx(ctrl);
     rig.vq(ctrl)
         .add_desc_chains(
             &[
@@ -449,7 +474,7 @@ fn ctrl_request(rig: &Rig, ctrl: usize, slot: u16, request: &[u8]) -> u8 {
             2 * slot,
         )
         .unwrap();
-    rig.kick(ctrl);
+    rig.driver_kick(ctrl, old, rig.avail_idx(ctrl));
     let used = rig.wait_used(ctrl, usize::from(slot) + 1);
     assert_eq!(used[usize::from(slot)], (u32::from(2 * slot), 1));
     let mut ack = [0u8; 1];
@@ -486,6 +511,23 @@ fn control_queue_switches_tap_queues() {
     );
     assert_eq!(ctrl_request(&rig, 4, 5, &[3, 0]), 0, "announce ack");
     assert!(rig.rec.triggered().contains(&4), "control queue interrupt");
+}
+
+/// Linux polls for the ack of a control request; with EVENT_IDX it kicks only when the device's
+/// avail_event asks for it, so the device must ask again after each request (`ethtool -L` hung
+/// the guest when it did not).
+#[test]
+fn control_queue_with_event_idx_answers_every_request() {
+    let Some(rig) = Rig::new("ptapn7", 2, acked(&[F_MQ, F_RING_EVENT_IDX])) else {
+        return;
+    };
+    for (slot, pairs) in [(0u16, 2u8), (1, 1), (2, 2), (3, 1)] {
+        assert_eq!(
+            ctrl_request(&rig, 4, slot, &[4, 0, pairs, 0]),
+            0,
+            "{pairs} pairs"
+        );
+    }
 }
 
 #[test]
