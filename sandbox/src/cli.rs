@@ -24,6 +24,41 @@ pub enum Command {
     Run(RunArgs),
     /// Print the SELinux CIL module, the OpenShift SCC, or the seccomp filter table.
     Policy(PolicyArgs),
+    /// Serve a host directory to a guest: the bundled vhost-user-fs backend (one share per process).
+    Virtiofsd(VirtiofsdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VirtiofsdArgs {
+    /// The vhost-user socket to listen on (an old socket there is replaced; removed once the
+    /// frontend connects).
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: PathBuf,
+    /// The directory to share; the guest can reach nothing outside it.
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: PathBuf,
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    pub readonly: bool,
+    /// `none`: no namespace (what KubeVirt runs, nothing needed); `namespace`: a user + mount
+    /// namespace with the shared directory as its root.
+    #[arg(long, value_enum, default_value = "none")]
+    pub sandbox: SandboxMode,
+    /// Worker threads serving the queues; 0: one per queue.
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub thread_pool_size: usize,
+    /// Request queues offered to the frontend (besides the high-priority queue).
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub queues: usize,
+    /// Seccomp filter on the backend's threads: `enforce`, `log` or `off` (see `paddock run`).
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub seccomp: crate::seccomp::Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    None,
+    Namespace,
 }
 
 #[derive(Args, Debug)]

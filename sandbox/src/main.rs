@@ -7,6 +7,7 @@ mod policy;
 mod privilege;
 mod run;
 mod seccomp;
+mod virtiofsd;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -24,5 +25,6 @@ fn main() -> ExitCode {
     match cli.command {
         cli::Command::Run(args) => run::run(cli.user.as_deref(), args),
         cli::Command::Policy(args) => policy::print(&args),
+        cli::Command::Virtiofsd(args) => virtiofsd::run(cli.user.as_deref(), args),
     }
 }

@@ -28,7 +28,9 @@ pub enum ThreadCategory {
     NetWorker,
     /// The vhost-user frontend talking to a virtiofsd.
     VhostUser,
-    /// The bundled virtiofsd backend.
+    /// The bundled virtiofsd backend: a process of its own (`paddock virtiofsd`) whose threads
+    /// vhost-user-backend starts; they inherit the filter its main thread installs, so this
+    /// category is never spawned here.
     Virtiofsd,
     /// The one thread that clones every other (see the module docs); started by
     /// [`set_filter_installer`], never by [`spawn`].
@@ -37,13 +39,12 @@ pub enum ThreadCategory {
 
 impl ThreadCategory {
     /// The categories a thread can be [`spawn`]ed with.
-    pub const SPAWNABLE: [ThreadCategory; 6] = [
+    pub const SPAWNABLE: [ThreadCategory; 5] = [
         ThreadCategory::Vmm,
         ThreadCategory::Api,
         ThreadCategory::Vcpu,
         ThreadCategory::NetWorker,
         ThreadCategory::VhostUser,
-        ThreadCategory::Virtiofsd,
     ];
 
     /// Every category with a filter: the spawnable ones and the spawner.
@@ -97,8 +98,11 @@ pub enum ThreadError {
     InstallerAlreadySet,
     #[error("thread `{name}`: the spawner thread is gone (it panicked), so no thread can start")]
     SpawnerGone { name: String },
-    #[error("thread `{name}`: the spawner category is the spawner thread's alone; pick the category of the thread's work")]
-    NotSpawnable { name: String },
+    #[error("thread `{name}`: the {category} category is not started here (spawner: the spawner thread's alone; virtiofsd: its own process); pick the category of the thread's work")]
+    NotSpawnable {
+        name: String,
+        category: ThreadCategory,
+    },
     #[error("thread `{name}`: the OS refused to start it: {source}")]
     Spawn {
         name: String,
@@ -194,9 +198,10 @@ where
     T: Send + 'static,
 {
     let name = name.into();
-    if category == ThreadCategory::Spawner {
-        // Its list is the union of all others: no worker may run under it.
-        return Err(ThreadError::NotSpawnable { name });
+    if !ThreadCategory::SPAWNABLE.contains(&category) {
+        // The spawner's list is the union of all others: no worker may run under it; virtiofsd
+        // threads live in a process of their own.
+        return Err(ThreadError::NotSpawnable { name, category });
     }
     let Some(spawner) = SPAWNER.get() else {
         // No filters in this process: nothing narrows, the caller can clone directly.

@@ -105,5 +105,25 @@ pub fn enable(mode: Mode) -> Result<(), SeccompError> {
     Ok(())
 }
 
+/// For a process whose threads are started by a library rather than `vmm::threads` (the bundled
+/// virtiofsd): puts `category`'s filter on the calling thread, with the SIGSYS reporter, before
+/// any other thread exists. Threads started afterwards inherit it, so the category's list must
+/// allow thread start itself.
+pub fn install_own(category: ThreadCategory, mode: Mode) -> Result<(), String> {
+    let on_denied = match mode {
+        Mode::Enforce => OnDenied::Trap,
+        Mode::Log => OnDenied::Log,
+        Mode::Off => return Ok(()),
+    };
+    let program = compile(category, on_denied).map_err(|e| e.to_string())?;
+    let clone3 = clone3_fallback().map_err(|e| e.to_string())?;
+    sigsys::install_handler().map_err(|e| format!("installing the SIGSYS reporter: {e}"))?;
+    sigsys::remember_thread(category);
+    sigsys::remember_inherited(category);
+    seccompiler::apply_filter(&clone3)
+        .and_then(|()| seccompiler::apply_filter(&program))
+        .map_err(|e| format!("{e}: the kernel needs CONFIG_SECCOMP_FILTER; or pass --seccomp off"))
+}
+
 #[cfg(test)]
 mod tests;

@@ -213,39 +213,60 @@ const VHOST_USER: &[Allow] = &[
     always("epoll_ctl", libc::SYS_epoll_ctl, "watch the backend socket"),
 ];
 
-/// The bundled virtiofsd: file operations below the shared directory, no mounts (it runs
-/// without a namespace sandbox, as KubeVirt runs virtiofsd with `--sandbox=none`).
+/// The bundled virtiofsd process (`paddock virtiofsd`): FUSE requests carried out with *at calls
+/// relative to fds below the shared directory, vhost-user messages, queue eventfds. The socket is
+/// bound and the directory opened before the filter goes on, so there is no socket(2), bind(2)
+/// or mount(2) here.
 #[rustfmt::skip]
 const VIRTIOFSD: &[Allow] = &[
-    always("read", libc::SYS_read, "eventfds and file reads"),
-    always("pread64", libc::SYS_pread64, "FUSE_READ"),
-    always("pwrite64", libc::SYS_pwrite64, "FUSE_WRITE"),
-    always("openat", libc::SYS_openat, "FUSE_OPEN/FUSE_CREATE/FUSE_LOOKUP below the shared directory"),
-    always("newfstatat", libc::SYS_newfstatat, "FUSE_GETATTR/FUSE_LOOKUP"),
-    always("statx", libc::SYS_statx, "FUSE_GETATTR with mount ids"),
+    always("read", libc::SYS_read, "queue kick eventfds"),
+    always("preadv", libc::SYS_preadv, "FUSE_READ: file data straight into the guest's buffers"),
+    always("pwritev", libc::SYS_pwritev, "FUSE_WRITE: file data straight from the guest's buffers"),
+    always("openat", libc::SYS_openat, "FUSE_LOOKUP/OPEN/CREATE/OPENDIR: one component below a held directory fd (O_NOFOLLOW), or a reopen through /proc/self/fd"),
+    always("newfstatat", libc::SYS_newfstatat, "FUSE_GETATTR/LOOKUP on O_PATH fds (AT_EMPTY_PATH)"),
+    always("fstat", libc::SYS_fstat, "FUSE_GETATTR on an open file; guest memory regions' sizes"),
     always("fstatfs", libc::SYS_fstatfs, "FUSE_STATFS"),
-    always("getdents64", libc::SYS_getdents64, "FUSE_READDIR"),
-    always("lseek", libc::SYS_lseek, "FUSE_LSEEK and directory offsets"),
+    always("getdents64", libc::SYS_getdents64, "FUSE_READDIR/READDIRPLUS"),
+    always("lseek", libc::SYS_lseek, "FUSE_LSEEK and directory positions"),
     always("mkdirat", libc::SYS_mkdirat, "FUSE_MKDIR"),
-    always("unlinkat", libc::SYS_unlinkat, "FUSE_UNLINK/FUSE_RMDIR"),
-    always("renameat2", libc::SYS_renameat2, "FUSE_RENAME2"),
-    always("linkat", libc::SYS_linkat, "FUSE_LINK"),
+    always("mknodat", libc::SYS_mknodat, "FUSE_MKNOD (regular files, fifos, sockets; devices are refused before the call)"),
+    always("unlinkat", libc::SYS_unlinkat, "FUSE_UNLINK/RMDIR; the socket is removed once the frontend connected"),
+    always("renameat2", libc::SYS_renameat2, "FUSE_RENAME/RENAME2"),
+    always("linkat", libc::SYS_linkat, "FUSE_LINK (source: an inode the guest holds)"),
     always("symlinkat", libc::SYS_symlinkat, "FUSE_SYMLINK"),
     always("readlinkat", libc::SYS_readlinkat, "FUSE_READLINK"),
     always("fchmodat", libc::SYS_fchmodat, "FUSE_SETATTR mode"),
-    always("fchownat", libc::SYS_fchownat, "FUSE_SETATTR owner (within the pod's own uid)"),
+    always("fchmod", libc::SYS_fchmod, "FUSE_SETATTR mode on an open file"),
+    always("fchownat", libc::SYS_fchownat, "FUSE_SETATTR owner (only what the user may do anyway)"),
     always("utimensat", libc::SYS_utimensat, "FUSE_SETATTR times"),
     always("ftruncate", libc::SYS_ftruncate, "FUSE_SETATTR size"),
     always("fallocate", libc::SYS_fallocate, "FUSE_FALLOCATE"),
-    always("fsync", libc::SYS_fsync, "FUSE_FSYNC"),
-    always("fdatasync", libc::SYS_fdatasync, "FUSE_FSYNC with datasync"),
-    always("flock", libc::SYS_flock, "FUSE_SETLK (BSD locks)"),
-    arg_is("socket", libc::SYS_socket, 0, libc::AF_UNIX as u64, "AF_UNIX", "the vhost-user listening socket"),
-    always("accept4", libc::SYS_accept4, "accept the frontend"),
+    always("fsync", libc::SYS_fsync, "FUSE_FSYNC/FSYNCDIR"),
+    always("fdatasync", libc::SYS_fdatasync, "FUSE_FSYNC with FDATASYNC"),
+    always("faccessat2", libc::SYS_faccessat2, "FUSE_ACCESS (glibc's faccessat with AT_EACCESS)"),
+    always("accept4", libc::SYS_accept4, "accept the frontend on the socket bound before the filter"),
     always("sendmsg", libc::SYS_sendmsg, "vhost-user replies"),
     always("recvmsg", libc::SYS_recvmsg, "vhost-user messages with memory/eventfd fds"),
-    always("epoll_wait", libc::SYS_epoll_wait, "wait for queue kicks"),
-    always("epoll_ctl", libc::SYS_epoll_ctl, "watch queue eventfds"),
+    always("shutdown", libc::SYS_shutdown, "the connection thread closes the vhost-user socket when it ends"),
+    arg_is("fcntl", libc::SYS_fcntl, 1, libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC", "vhost-user-backend keeps a copy of the connection for shutdown"),
+    always("epoll_create1", libc::SYS_epoll_create1, "one epoll set per queue worker"),
+    always("epoll_wait", libc::SYS_epoll_wait, "queue workers wait for kicks"),
+    always("epoll_ctl", libc::SYS_epoll_ctl, "queues' kick eventfds come and go as the frontend enables them"),
+    always("eventfd2", libc::SYS_eventfd2, "each queue worker's exit and vring-enabled eventfds"),
+];
+
+/// Thread start for the virtiofsd process: vhost-user-backend starts its threads with
+/// std::thread after the filter is on, so they clone under (and inherit) this one.
+#[rustfmt::skip]
+const VIRTIOFSD_THREADS: &[Allow] = &[
+    arg_is("clone", libc::SYS_clone, 0, THREAD_CLONE_FLAGS, "thread flags", "start a queue worker or the connection thread (never a process)"),
+    always("clone3", libc::SYS_clone3, "answered ENOSYS by a second filter, so glibc falls back to clone, whose flags are checked"),
+    always("rseq", libc::SYS_rseq, "glibc registers each new thread for restartable sequences"),
+    always("set_robust_list", libc::SYS_set_robust_list, "glibc sets up each new thread's robust futexes"),
+    arg_is("prctl", libc::SYS_prctl, 0, libc::PR_SET_NAME as u64, "PR_SET_NAME", "std names the new thread"),
+    always("sched_getaffinity", libc::SYS_sched_getaffinity, "std/glibc read the CPU mask when a thread starts"),
+    always("gettid", libc::SYS_gettid, "std records the new thread's id"),
+    always("getrandom", libc::SYS_getrandom, "std seeds each thread's HashMap keys (vhost-user-backend's per-worker sets)"),
 ];
 
 /// The lists a thread of `category` has on top of [`EVERY_THREAD`].
@@ -256,7 +277,7 @@ fn lists(category: ThreadCategory) -> &'static [&'static [Allow]] {
         ThreadCategory::Vcpu => &[VCPU, VCPU_DEVICE_ACTIVATION],
         ThreadCategory::NetWorker => &[NET_WORKER],
         ThreadCategory::VhostUser => &[VHOST_USER],
-        ThreadCategory::Virtiofsd => &[VIRTIOFSD],
+        ThreadCategory::Virtiofsd => &[VIRTIOFSD, VIRTIOFSD_THREADS],
         // Filters stack, so a thread it starts can do at most what the spawner can: the spawner
         // must allow everything any category allows, and thread start-up.
         ThreadCategory::Spawner => &[
@@ -266,7 +287,6 @@ fn lists(category: ThreadCategory) -> &'static [&'static [Allow]] {
             VCPU_DEVICE_ACTIVATION,
             NET_WORKER,
             VHOST_USER,
-            VIRTIOFSD,
             SPAWNER,
         ],
     }

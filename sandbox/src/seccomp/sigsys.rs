@@ -32,6 +32,25 @@ pub fn remember_thread(category: ThreadCategory) {
     CATEGORY.with(|c| c.set(Some(category)));
 }
 
+/// Index + 1 in `ThreadCategory::ALL` of the filter every thread of this process inherits
+/// (0: none); for threads a library starts, which never call [`remember_thread`].
+static INHERITED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Records that threads started from now on inherit `category`'s filter.
+pub fn remember_inherited(category: ThreadCategory) {
+    if let Some(i) = ThreadCategory::ALL.iter().position(|&c| c == category) {
+        INHERITED.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn inherited_category() -> Option<ThreadCategory> {
+    // A plain atomic load: safe in the signal handler.
+    match INHERITED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        i => ThreadCategory::ALL.get(i - 1).copied(),
+    }
+}
+
 /// The SIGSYS part of siginfo_t on x86_64 (`_sigsys` in the kernel's union at offset 16).
 #[repr(C)]
 struct SigsysInfo {
@@ -104,7 +123,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     // seccomp its union holds `_sigsys`, laid out as SigsysInfo.
     let nr = unsafe { (*(info as *const SigsysInfo)).syscall };
     let name = THREAD_NAME.with(Cell::get);
-    let category = CATEGORY.with(Cell::get);
+    let category = CATEGORY.with(Cell::get).or_else(inherited_category);
     let line = report(i64::from(nr), &name, category);
     // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is valid for `len` bytes.
     unsafe {
