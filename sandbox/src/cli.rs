@@ -96,8 +96,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "size=S,...", default_value = "512M")]
     pub memory: String,
     /// A virtio-net device on an existing tap: `tap=NAME[,queues=PAIRS][,mac=MAC]`; PAIRS
-    /// defaults to the vCPU count and may not exceed it. Repeatable.
-    #[arg(long, value_name = "tap=NAME,...")]
+    /// defaults to the vCPU count and may not exceed it. Or on tap queues inherited from the
+    /// parent: `fd=N[,fd=M...][,mac=MAC]`, one fd per queue pair. Repeatable. See
+    /// docs/networking.md.
+    #[arg(long, value_name = "tap=NAME,...|fd=N,...")]
     pub net: Vec<String>,
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]

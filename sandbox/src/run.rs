@@ -19,6 +19,17 @@ fn cannot_start(err: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
+    // First of all: `--net fd=N` claims inherited descriptors, which is sound only while the
+    // process has opened nothing of its own.
+    let nets = match args
+        .net
+        .iter()
+        .map(|n| config::parse_net(n))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(n) => n,
+        Err(e) => return cannot_start(e),
+    };
     // Before any file or device is opened, so that everything is done as the user a pod runs as.
     let user = match user.map(privilege::parse_user).transpose() {
         Ok(u) => u,
@@ -36,15 +47,6 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Err(e) => return cannot_start(e),
     };
     let memory = match config::parse_memory(&args.memory) {
-        Ok(n) => n,
-        Err(e) => return cannot_start(e),
-    };
-    let nets = match args
-        .net
-        .iter()
-        .map(|n| config::parse_net(n))
-        .collect::<Result<Vec<_>, _>>()
-    {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };

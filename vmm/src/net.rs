@@ -8,47 +8,86 @@ use devices::pci::{BarAllocator, PciRoot};
 use devices::virtio::net::{Net, NetConfig, NetError, Tap, TapError};
 use devices::virtio::{JoinWorker, VirtioDevice, VirtioPciDevice, VirtioPciError, WorkerSpawner};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// Descriptors per RX/TX queue.
 const QUEUE_SIZE: u16 = 256;
 
-/// One `--net`: an existing tap, how many queue pairs (None: one per vCPU), and the MAC.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a device's tap queues come from.
+#[derive(Debug)]
+pub enum TapSource {
+    /// An existing tap, opened once per queue pair.
+    Name(String),
+    /// Tap queues opened by a parent (a node agent) and inherited: one per queue pair.
+    Fds(Vec<OwnedFd>),
+}
+
+impl std::fmt::Display for TapSource {
+    /// As on the command line: `tap=NAME` or `fd=3,fd=4`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TapSource::Name(name) => write!(f, "tap={name}"),
+            TapSource::Fds(fds) => {
+                let list: Vec<String> = fds
+                    .iter()
+                    .map(|fd| format!("fd={}", fd.as_raw_fd()))
+                    .collect();
+                f.write_str(&list.join(","))
+            }
+        }
+    }
+}
+
+/// One `--net`: the tap, how many queue pairs (None: one per vCPU, or one per inherited fd),
+/// and the MAC.
+#[derive(Debug)]
 pub struct NetSpec {
-    pub tap: String,
+    pub tap: TapSource,
     pub queue_pairs: Option<usize>,
     pub mac: Option<[u8; 6]>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetAttachError {
-    #[error("--net tap={tap}: queues={asked} is more than the {vcpus} vCPUs (a queue pair per vCPU at most): lower queues= or raise --cpus")]
+    #[error("--net {net}: queues={asked} is more than the {vcpus} vCPUs (a queue pair per vCPU at most): lower queues= or raise --cpus")]
     TooManyPairs {
-        tap: String,
+        net: String,
         asked: usize,
         vcpus: usize,
     },
-    #[error("--net tap={tap}: queues=0: give at least one queue pair")]
-    NoPairs { tap: String },
-    #[error("--net tap={tap}: {source}")]
-    Tap { tap: String, source: TapError },
-    #[error("--net tap={tap}: {source}")]
-    Device { tap: String, source: NetError },
-    #[error("--net tap={tap}: {source}")]
-    Transport { tap: String, source: VirtioPciError },
-    #[error("--net tap={tap}: {source}")]
+    #[error("--net {net}: {fds} inherited tap fds are more than the {vcpus} vCPUs (one fd per queue pair, a queue pair per vCPU at most): pass fewer fds or raise --cpus")]
+    TooManyFds {
+        net: String,
+        fds: usize,
+        vcpus: usize,
+    },
+    #[error("--net {net}: queues={asked} does not match the {fds} fds given (one fd per queue pair): drop queues= or pass {asked} fds")]
+    FdCountMismatch {
+        net: String,
+        asked: usize,
+        fds: usize,
+    },
+    #[error("--net {net}: queues=0: give at least one queue pair")]
+    NoPairs { net: String },
+    #[error("--net {net}: {source}")]
+    Tap { net: String, source: TapError },
+    #[error("--net {net}: {source}")]
+    Device { net: String, source: NetError },
+    #[error("--net {net}: {source}")]
+    Transport { net: String, source: VirtioPciError },
+    #[error("--net {net}: {source}")]
     Interrupts {
-        tap: String,
+        net: String,
         source: InterruptsError,
     },
-    #[error("--net tap={tap}: plugging it into the PCI bus: {reason}")]
-    Plug { tap: String, reason: String },
-    #[error("--net tap={tap}: queue {queue} has no notify address (its BAR was not placed)")]
-    Unplaced { tap: String, queue: u16 },
-    #[error("--net tap={tap}: KVM_IOEVENTFD for queue {queue}: {source}")]
+    #[error("--net {net}: plugging it into the PCI bus: {reason}")]
+    Plug { net: String, reason: String },
+    #[error("--net {net}: queue {queue} has no notify address (its BAR was not placed)")]
+    Unplaced { net: String, queue: u16 },
+    #[error("--net {net}: KVM_IOEVENTFD for queue {queue}: {source}")]
     Ioeventfd {
-        tap: String,
+        net: String,
         queue: u16,
         source: kvm_ioctls::Error,
     },
@@ -92,63 +131,88 @@ pub struct NetContext<'a> {
     pub vcpus: usize,
 }
 
-/// Opens the tap's queues and plugs device `net{index}` into the root bus.
-pub fn attach(
-    ctx: &mut NetContext<'_>,
-    index: usize,
-    spec: &NetSpec,
-) -> Result<(), NetAttachError> {
-    let tap = || spec.tap.clone();
-    let pairs = spec.queue_pairs.unwrap_or(ctx.vcpus);
-    if pairs == 0 {
-        return Err(NetAttachError::NoPairs { tap: tap() });
+/// The tap queues of one `--net`: opened by name, one per pair, or adopted from inherited fds.
+fn tap_queues(spec: NetSpec, vcpus: usize, net: &str) -> Result<Vec<Tap>, NetAttachError> {
+    let net = || net.to_string();
+    match spec.tap {
+        TapSource::Name(name) => {
+            let pairs = spec.queue_pairs.unwrap_or(vcpus);
+            if pairs == 0 {
+                return Err(NetAttachError::NoPairs { net: net() });
+            }
+            if pairs > vcpus {
+                return Err(NetAttachError::TooManyPairs {
+                    net: net(),
+                    asked: pairs,
+                    vcpus,
+                });
+            }
+            Tap::open_queues(&name, pairs)
+        }
+        TapSource::Fds(fds) => {
+            if let Some(asked) = spec.queue_pairs.filter(|&q| q != fds.len()) {
+                return Err(NetAttachError::FdCountMismatch {
+                    net: net(),
+                    asked,
+                    fds: fds.len(),
+                });
+            }
+            if fds.len() > vcpus {
+                return Err(NetAttachError::TooManyFds {
+                    net: net(),
+                    fds: fds.len(),
+                    vcpus,
+                });
+            }
+            Tap::from_fds(fds)
+        }
     }
-    if pairs > ctx.vcpus {
-        return Err(NetAttachError::TooManyPairs {
-            tap: tap(),
-            asked: pairs,
-            vcpus: ctx.vcpus,
-        });
-    }
-    let taps = Tap::open_queues(&spec.tap, pairs)
-        .map_err(|source| NetAttachError::Tap { tap: tap(), source })?;
+    .map_err(|source| NetAttachError::Tap { net: net(), source })
+}
+
+/// Opens (or adopts) the tap's queues and plugs device `net{index}` into the root bus.
+pub fn attach(ctx: &mut NetContext<'_>, index: usize, spec: NetSpec) -> Result<(), NetAttachError> {
+    let label = spec.tap.to_string();
+    let tap = || label.clone();
+    let mac = spec.mac;
+    let taps = tap_queues(spec, ctx.vcpus, &label)?;
     let config = NetConfig {
-        mac: spec.mac.unwrap_or_else(|| default_mac(index)),
+        mac: mac.unwrap_or_else(|| default_mac(index)),
         queue_size: QUEUE_SIZE,
         name: format!("net{index}"),
     };
     let net = Net::new(config, taps, Arc::new(NetWorkerThreads))
-        .map_err(|source| NetAttachError::Device { tap: tap(), source })?;
+        .map_err(|source| NetAttachError::Device { net: tap(), source })?;
     // The transport gives every queue a vector plus one for configuration changes.
     let vectors = net.queue_max_sizes().len() as u16 + 1;
     let routes = ctx
         .routing
         .msi_vectors(vectors)
-        .map_err(|source| NetAttachError::Interrupts { tap: tap(), source })?;
+        .map_err(|source| NetAttachError::Interrupts { net: tap(), source })?;
     let device = VirtioPciDevice::new(Box::new(net), ctx.mem.clone(), Arc::new(routes))
-        .map_err(|source| NetAttachError::Transport { tap: tap(), source })?;
+        .map_err(|source| NetAttachError::Transport { net: tap(), source })?;
     let device = Arc::new(Mutex::new(device));
     ctx.pci
         .add_device(device.clone(), ctx.allocator)
         .map_err(|e| NetAttachError::Plug {
-            tap: tap(),
+            net: tap(),
             reason: e.to_string(),
         })?;
     let notifiers = device
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .queue_notifiers()
-        .map_err(|source| NetAttachError::Transport { tap: tap(), source })?;
+        .map_err(|source| NetAttachError::Transport { net: tap(), source })?;
     for n in notifiers {
         let addr = n.addr.ok_or(NetAttachError::Unplaced {
-            tap: tap(),
+            net: tap(),
             queue: n.queue,
         })?;
         // KVM keeps its own reference to the eventfd; the device keeps the other end.
         ctx.vm
             .register_ioevent(&n.event, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(|source| NetAttachError::Ioeventfd {
-                tap: tap(),
+                net: tap(),
                 queue: n.queue,
                 source,
             })?;

@@ -196,7 +196,7 @@ impl Vm {
         let mmio = Arc::new(Bus::new());
         let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
         let pci = add_pci_root(&pio, &mmio)?;
-        add_nets(&vm_fd, &pci, &mem, &cfg.nets, cfg.vcpus.into())?;
+        add_nets(&vm_fd, &pci, &mem, cfg.nets, cfg.vcpus.into())?;
         if let Some(input) = cfg.serial_in {
             spawn_serial_input(serial, input).map_err(io("starting the serial input thread"))?;
         }
@@ -304,7 +304,7 @@ fn add_nets(
     vm: &Arc<VmFd>,
     pci: &PciRoot,
     mem: &GuestMemoryMmap,
-    nets: &[NetSpec],
+    nets: Vec<NetSpec>,
     vcpus: usize,
 ) -> Result<(), VmError> {
     if nets.is_empty() {
@@ -330,7 +330,7 @@ fn add_nets(
         mem,
         vcpus,
     };
-    for (index, spec) in nets.iter().enumerate() {
+    for (index, spec) in nets.into_iter().enumerate() {
         net::attach(&mut ctx, index, spec)?;
     }
     Ok(())

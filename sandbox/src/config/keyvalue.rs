@@ -26,6 +26,18 @@ impl KeyValues {
         bare_key: Option<&str>,
         known: &[&str],
     ) -> Result<Self, KeyValueError> {
+        Self::parse_repeatable(option, text, bare_key, known, &[])
+    }
+
+    /// As [`KeyValues::parse`], but the keys in `repeatable` may be given more than once (read
+    /// them with [`KeyValues::get_all`]).
+    pub fn parse_repeatable(
+        option: &'static str,
+        text: &str,
+        bare_key: Option<&str>,
+        known: &[&str],
+        repeatable: &[&str],
+    ) -> Result<Self, KeyValueError> {
         let mut pairs: Vec<(String, String)> = Vec::new();
         for (i, item) in text.split(',').enumerate() {
             let (key, value) = match (item.split_once('='), bare_key) {
@@ -45,7 +57,7 @@ impl KeyValues {
                     known: known.join(", "),
                 });
             }
-            if pairs.iter().any(|(k, _)| k == key) {
+            if !repeatable.contains(&key) && pairs.iter().any(|(k, _)| k == key) {
                 return Err(KeyValueError::Duplicate {
                     option,
                     key: key.to_string(),
@@ -54,6 +66,14 @@ impl KeyValues {
             pairs.push((key.to_string(), value.to_string()));
         }
         Ok(Self { pairs })
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

@@ -3,8 +3,10 @@
 pub mod keyvalue;
 
 use keyvalue::{KeyValueError, KeyValues};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use vmm::memory::{MemoryConfig, OptionError};
+use vmm::net::{NetSpec, TapSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -15,7 +17,7 @@ pub enum ConfigError {
     #[error("--cpus `{0}`: give a whole number of vCPUs from 1 to 255, e.g. --cpus 2")]
     Cpus(String),
     #[error(
-        "--net `{text}`: {reason}; the syntax is tap=NAME[,queues=PAIRS][,mac=52:54:00:12:34:56]"
+        "--net `{text}`: {reason}; the syntax is tap=NAME[,queues=PAIRS][,mac=52:54:00:12:34:56] or fd=N[,fd=M...][,mac=...]"
     )]
     Net { text: String, reason: String },
     #[error("--serial `{0}`: use stdout, off, or file=PATH")]
@@ -41,18 +43,23 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
     MemoryConfig::from_options(|key| kv.get(key)).map_err(ConfigError::Memory)
 }
 
-/// `--net tap=NAME[,queues=PAIRS][,mac=MAC]` (a bare first value is the tap name).
-pub fn parse_net(text: &str) -> Result<vmm::net::NetSpec, ConfigError> {
+/// `--net tap=NAME[,queues=PAIRS][,mac=MAC]` (a bare first value is the tap name) or
+/// `--net fd=N[,fd=M...][,mac=MAC]` (tap queues inherited from the parent, one per pair).
+///
+/// Inherited fds are claimed here, so call this before the process opens any file of its own:
+/// a number that is open then was inherited.
+pub fn parse_net(text: &str) -> Result<NetSpec, ConfigError> {
     let fail = |reason: String| ConfigError::Net {
         text: text.to_string(),
         reason,
     };
-    let kv = KeyValues::parse("--net", text, Some("tap"), &["tap", "queues", "mac"])?;
-    let tap = kv
-        .get("tap")
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| fail("no tap name".into()))?
-        .to_string();
+    let kv = KeyValues::parse_repeatable(
+        "--net",
+        text,
+        Some("tap"),
+        &["tap", "fd", "queues", "mac"],
+        &["fd"],
+    )?;
     let queue_pairs =
         match kv.get("queues") {
             None => None,
@@ -66,11 +73,61 @@ pub fn parse_net(text: &str) -> Result<vmm::net::NetSpec, ConfigError> {
             Some(parse_mac(m).ok_or_else(|| fail(format!("mac=`{m}` is not six hex bytes")))?)
         }
     };
-    Ok(vmm::net::NetSpec {
+    let fds: Vec<&str> = kv.get_all("fd").collect();
+    let tap = match (kv.get("tap").filter(|t| !t.is_empty()), fds.is_empty()) {
+        (Some(_), false) => return Err(fail("give either tap= or fd=, not both".into())),
+        (None, true) => return Err(fail("no tap name and no fd".into())),
+        (Some(name), true) => TapSource::Name(name.to_string()),
+        (None, false) => TapSource::Fds(claim_inherited_fds(&fds).map_err(fail)?),
+    };
+    Ok(NetSpec {
         tap,
         queue_pairs,
         mac,
     })
+}
+
+/// Takes ownership of inherited descriptors given as `fd=` values, after checking each is a
+/// number above stderr, given once, and open; marks them close-on-exec.
+fn claim_inherited_fds(numbers: &[&str]) -> Result<Vec<OwnedFd>, String> {
+    let mut raws: Vec<RawFd> = Vec::with_capacity(numbers.len());
+    for text in numbers {
+        let fd: RawFd = text
+            .parse()
+            .ok()
+            .filter(|&n: &RawFd| n >= 0)
+            .ok_or_else(|| format!("fd=`{text}` is not a file descriptor number"))?;
+        if fd <= 2 {
+            return Err(format!(
+                "fd={fd} is stdin, stdout or stderr: pass the tap queues on fds 3 and up"
+            ));
+        }
+        if raws.contains(&fd) {
+            return Err(format!("fd={fd} is given twice: one fd per queue pair"));
+        }
+        // SAFETY: F_GETFD only reads the descriptor flags of `fd`, if it is open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            return Err(format!(
+                "fd={fd} is not open in this process: the parent must pass it open across exec (without FD_CLOEXEC)"
+            ));
+        }
+        // SAFETY: F_SETFD changes only the descriptor flags of `fd`, which is open.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            return Err(format!(
+                "fd={fd}: cannot mark it close-on-exec: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        raws.push(fd);
+    }
+    Ok(raws
+        .into_iter()
+        // SAFETY: each fd is open, given once, and was open before this process opened any file
+        // of its own (see parse_net), so it was inherited and nothing else in the process owns
+        // it: ownership passes to the OwnedFd.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect())
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -104,23 +161,57 @@ mod tests {
     #[test]
     fn net_syntax() {
         let n = parse_net("tap=tap0,queues=2,mac=52:54:00:ab:cd:0e").expect("net");
-        assert_eq!(n.tap, "tap0");
+        assert!(matches!(&n.tap, TapSource::Name(t) if t == "tap0"));
         assert_eq!(n.queue_pairs, Some(2));
         assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xab, 0xcd, 0x0e]));
         let bare = parse_net("tap1").expect("bare");
-        assert_eq!(
-            (bare.tap.as_str(), bare.queue_pairs, bare.mac),
-            ("tap1", None, None)
-        );
+        assert!(matches!(&bare.tap, TapSource::Name(t) if t == "tap1"));
+        assert_eq!((bare.queue_pairs, bare.mac), (None, None));
         for bad in [
             "queues=2",
             "tap=t,queues=0",
             "tap=t,queues=x",
             "tap=t,mac=1:2:3",
             "tap=t,mtu=9000",
+            "tap=t,tap=u",
+            "tap=t,fd=5",
+            "fd=x",
+            "fd=-1",
+            "fd=2",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn net_inherited_fds_are_claimed() {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let open = || std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let (a, b) = (open(), open());
+        let n = parse_net(&format!("fd={a},fd={b},mac=52:54:00:00:00:01")).expect("fds");
+        let TapSource::Fds(fds) = &n.tap else {
+            panic!("{:?}", n.tap)
+        };
+        assert_eq!(
+            fds.iter().map(AsRawFd::as_raw_fd).collect::<Vec<_>>(),
+            [a, b]
+        );
+        assert_eq!(n.tap.to_string(), format!("fd={a},fd={b}"));
+        // SAFETY: F_GETFD only reads the flags of an fd this test owns.
+        assert_ne!(
+            unsafe { libc::fcntl(a, libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
+        drop(n);
+
+        let c = open();
+        let err = |text: String| parse_net(&text).unwrap_err().to_string();
+        assert!(err(format!("fd={c},fd={c}")).contains("given twice"));
+        // A number far above anything this test process has open.
+        assert!(err("fd=100000".into()).contains("fd=100000 is not open in this process"));
+        assert!(err("fd=1".into()).contains("stdin, stdout or stderr"));
+        // SAFETY: closes the fd this test opened and still owns (the refusals above took none).
+        unsafe { libc::close(c) };
     }
 
     #[test]

@@ -74,8 +74,12 @@ pub enum TapError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("inherited fd {fd} is not a tap queue (TUNGETIFF: {source}): pass /dev/net/tun fds bound to the tap with TUNSETIFF")]
+    InheritedNotTap { fd: RawFd, source: io::Error },
     #[error("inherited fd {fd} is not a tap opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (flags {flags:#x}): open it with those flags")]
     InheritedFlags { fd: RawFd, flags: u16 },
+    #[error("inherited fds {fds:?} are queues of tap {name}, which has no multi_queue flag: pass one fd, or queues of a multi_queue tap")]
+    InheritedNotMultiQueue { fds: Vec<RawFd>, name: String },
     #[error("inherited tap fds belong to different interfaces ({0} and {1}): pass the queues of one tap")]
     InheritedMismatch(String, String),
 }
@@ -224,8 +228,10 @@ impl Tap {
     }
 
     /// Adopts tap queue fds handed over by a parent (e.g. a node agent). They must already be
-    /// set up with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, all on the same interface.
+    /// set up with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, all on the same interface, and with more
+    /// than one, IFF_MULTI_QUEUE.
     pub fn from_fds(fds: Vec<OwnedFd>) -> Result<Vec<Tap>, TapError> {
+        let raws: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let mut taps: Vec<Tap> = Vec::with_capacity(fds.len());
         for fd in fds {
             let raw = fd.as_raw_fd();
@@ -233,7 +239,16 @@ impl Tap {
                 file: File::from(fd),
                 name: String::new(),
             };
-            let req = tap.get_iff()?;
+            let req = tap.get_iff().map_err(|e| match e {
+                TapError::Ioctl { source, .. } => TapError::InheritedNotTap { fd: raw, source },
+                other => other,
+            })?;
+            if raws.len() > 1 && req.flags & IFF_MULTI_QUEUE == 0 {
+                return Err(TapError::InheritedNotMultiQueue {
+                    fds: raws,
+                    name: req.name(),
+                });
+            }
             let needed = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
             if req.flags & needed != needed {
                 return Err(TapError::InheritedFlags {
@@ -467,6 +482,25 @@ pub(crate) mod tests {
         let fds: Vec<OwnedFd> = queues.into_iter().map(|t| OwnedFd::from(t.file)).collect();
         let adopted = Tap::from_fds(fds).unwrap();
         assert!(adopted.iter().all(|t| t.name() == "ptapq0"));
+    }
+
+    #[test]
+    fn inherited_fds_that_are_not_tap_queues_are_refused() {
+        let null = OwnedFd::from(File::open("/dev/null").unwrap());
+        let err = Tap::from_fds(vec![null]).unwrap_err();
+        assert!(matches!(err, TapError::InheritedNotTap { .. }), "{err}");
+        let Some(tap) = TestTap::create("ptapq3", false) else {
+            return;
+        };
+        // Two fds of a single-queue tap can only be the same queue twice.
+        let one = Tap::open_queues(&tap.name, 1).unwrap().remove(0);
+        let fd = OwnedFd::from(one.file);
+        let twice = vec![fd.try_clone().unwrap(), fd];
+        let err = Tap::from_fds(twice).unwrap_err();
+        assert!(
+            matches!(err, TapError::InheritedNotMultiQueue { .. }),
+            "{err}"
+        );
     }
 
     #[test]

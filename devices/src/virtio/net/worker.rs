@@ -12,7 +12,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::ctrl::{handle_ctrl_chain, CtrlContext};
-use super::tap::{Tap, TapError};
+use super::tap::{Tap, TapError, IFF_DETACH_QUEUE};
 use super::VNET_HDR_LEN;
 use crate::virtio::queue::{map_chain, ChainBuffers, Direction};
 use crate::virtio::{QueueActivation, VirtioInterrupt};
@@ -44,9 +44,14 @@ pub struct PairShared {
 
 impl PairShared {
     pub fn new(tap: Tap) -> io::Result<Self> {
+        // An inherited queue may arrive detached; the flag must say what the kernel has, or
+        // the first attach would be skipped as a no-op.
+        let attached = tap
+            .flags()
+            .map_or(true, |flags| flags & IFF_DETACH_QUEUE == 0);
         Ok(Self {
             tap,
-            attached: AtomicBool::new(true),
+            attached: AtomicBool::new(attached),
             stop: AtomicBool::new(false),
             wake: EventFd::new(EFD_NONBLOCK)?,
         })
