@@ -7,7 +7,7 @@ use virtio_queue::QueueT;
 
 use super::ctrl::CtrlContext;
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
-use super::worker::{PairShared, Worker, WorkerSetup};
+use super::worker::{PairShared, ReportedOnce, Worker, WorkerSetup};
 use super::VNET_HDR_LEN;
 use crate::virtio::{
     feature, pci, ActivateError, Activation, JoinWorker, QueueActivation, VirtioDevice,
@@ -68,6 +68,8 @@ pub struct Net {
     pairs: Vec<Arc<PairShared>>,
     spawner: Arc<dyn WorkerSpawner>,
     workers: Vec<JoinWorker>,
+    /// Guest errors this device has logged (once each, for its lifetime).
+    reported: Arc<ReportedOnce>,
 }
 
 impl Net {
@@ -96,6 +98,7 @@ impl Net {
             pairs,
             spawner,
             workers: Vec::new(),
+            reported: Arc::default(),
         })
     }
 
@@ -194,6 +197,7 @@ impl Net {
                 interrupt: activation.interrupt.clone(),
                 mergeable_rx: has(F_MRG_RXBUF),
                 rx_frame_max,
+                reported: self.reported.clone(),
             })
             .map_err(|e| ActivateError::Device(e.to_string()))?;
             let thread_name = name.clone();

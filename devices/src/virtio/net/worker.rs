@@ -94,6 +94,20 @@ impl PairShared {
     }
 }
 
+/// What a device reports once, whichever of its workers meets it first: a guest that keeps
+/// sending bad chains (or resets and breaks its rings again) cannot flood the log.
+#[derive(Debug, Default)]
+pub struct ReportedOnce {
+    malformed: AtomicBool,
+    broken: AtomicBool,
+}
+
+impl ReportedOnce {
+    fn first(flag: &AtomicBool) -> bool {
+        !flag.swap(true, Ordering::SeqCst)
+    }
+}
+
 /// A queue the worker serves.
 struct WorkQueue {
     queue: Queue,
@@ -123,6 +137,8 @@ pub struct WorkerSetup {
     pub mergeable_rx: bool,
     /// Bytes a received frame may need: header plus the largest frame the guest accepts.
     pub rx_frame_max: usize,
+    /// Shared by every worker of the device.
+    pub reported: Arc<ReportedOnce>,
 }
 
 pub struct Worker {
@@ -141,7 +157,7 @@ pub struct Worker {
     /// adds more.
     rx_starved: bool,
     broken: bool,
-    logged_malformed: bool,
+    reported: Arc<ReportedOnce>,
 }
 
 /// Outcome of taking the next chain from a ring.
@@ -183,7 +199,7 @@ impl Worker {
             tap_polled: false,
             rx_starved: false,
             broken: false,
-            logged_malformed: false,
+            reported: setup.reported,
         };
         worker.watch(worker.rx.notify.as_raw_fd(), TOKEN_RX)?;
         worker.watch(worker.tx.notify.as_raw_fd(), TOKEN_TX)?;
@@ -269,26 +285,27 @@ impl Worker {
     }
 
     fn malformed(&mut self, what: &str) {
-        if !self.logged_malformed {
+        if ReportedOnce::first(&self.reported.malformed) {
             log::warn!(
-                "{}: malformed descriptor chain dropped ({what}); further ones are dropped silently",
+                "{}: malformed descriptor chain dropped ({what}); further ones on this device are dropped silently",
                 self.name
             );
-            self.logged_malformed = true;
         }
     }
 
     /// The ring itself is corrupt (e.g. an available index that runs ahead of the ring): the
-    /// device stops and asks the driver to reset it.
+    /// worker stops serving it and the device asks the driver to reset it.
     fn mark_broken(&mut self, what: &str) {
         if self.broken {
             return;
         }
         self.broken = true;
-        log::error!(
-            "{}: virtqueue is broken ({what}): device needs reset",
-            self.name
-        );
+        if ReportedOnce::first(&self.reported.broken) {
+            log::error!(
+                "{}: virtqueue is broken ({what}): device needs reset",
+                self.name
+            );
+        }
         if let Err(e) = self.interrupt.set_needs_reset() {
             log::warn!("{}: cannot signal DEVICE_NEEDS_RESET: {e}", self.name);
         }

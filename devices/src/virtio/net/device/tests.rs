@@ -131,6 +131,45 @@ impl PacketSocket {
     }
 }
 
+/// Every warning and error logged by this test binary, as text.
+struct CapturedLog(std::sync::Mutex<Vec<String>>);
+
+static LOG: CapturedLog = CapturedLog(std::sync::Mutex::new(Vec::new()));
+
+impl log::Log for CapturedLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            lines.push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Starts capturing (once per test binary; tests tell their records apart by device name).
+fn capture_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&LOG).expect("no other logger in the device tests");
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+}
+
+/// Captured records that mention `device` (its workers are `{device}-qpN`) and `word`.
+fn logged(device: &str, word: &str) -> Vec<String> {
+    let lines = LOG.0.lock().unwrap_or_else(|e| e.into_inner());
+    lines
+        .iter()
+        .filter(|l| l.contains(&format!("{device}-qp")) && l.contains(word))
+        .cloned()
+        .collect()
+}
+
 fn test_frame(payload_len: usize, seed: u8) -> Vec<u8> {
     let mut frame = vec![0xff; 6];
     frame.extend_from_slice(&[0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
@@ -152,6 +191,11 @@ struct Rig {
     _tap: TestTap,
 }
 
+/// Entries per ring. The mock places its used ring only RING_SIZE bytes after the avail ring's
+/// entries start (it counts elements as bytes), so avail entries from RING_SIZE / 2 on overlap
+/// the used ring: a test keeps fewer than RING_SIZE / 2 buffers in a ring over its life.
+const RING_SIZE: u16 = 32;
+
 const QUEUE_BASES: [u64; 5] = [0x1_0000, 0x2_0000, 0x3_0000, 0x4_0000, 0x5_0000];
 
 impl Rig {
@@ -166,8 +210,8 @@ impl Rig {
         let mut net = Net::new(
             NetConfig {
                 mac: MAC,
-                queue_size: 16,
-                name: "nettest".into(),
+                queue_size: RING_SIZE,
+                name: tap_name.into(),
             },
             Tap::open_queues(&tap.name, pairs).unwrap(),
             Arc::new(StdThreads),
@@ -180,7 +224,7 @@ impl Rig {
         let mut notify = Vec::new();
         let mut rings = Vec::new();
         for (index, base) in QUEUE_BASES.iter().take(nqueues).enumerate() {
-            let vq = MockSplitQueue::create(mem, GuestAddress(*base), 16);
+            let vq = MockSplitQueue::create(mem, GuestAddress(*base), RING_SIZE);
             let mut queue: Queue = vq.create_queue().unwrap();
             queue.set_event_idx(acked & feature(F_RING_EVENT_IDX) != 0);
             rings.push(vq);
@@ -240,8 +284,7 @@ impl Rig {
     fn driver_kick(&self, index: usize, old: u16, new: u16) {
         if self.event_idx {
             let vq = self.vq(index);
-            let size = 16u64;
-            let at = vq.used_addr().unchecked_add(4 + 8 * size);
+            let at = vq.used_addr().unchecked_add(4 + 8 * u64::from(RING_SIZE));
             let event: u16 = self.mem.read_obj(at).unwrap();
             if new.wrapping_sub(event).wrapping_sub(1) >= new.wrapping_sub(old) {
                 return;
@@ -396,6 +439,8 @@ fn rx_frame_spans_mergeable_buffers() {
     assert_eq!(first[0], 5, "payload of the fifth frame");
 }
 
+const F_INDIRECT: u16 = 4;
+
 #[test]
 fn malformed_tx_chains_are_dropped_and_the_queue_goes_on() {
     let Some(rig) = Rig::new("ptapn3", 1, acked(&[])) else {
@@ -409,7 +454,7 @@ fn malformed_tx_chains_are_dropped_and_the_queue_goes_on() {
         .write_slice(&with_header, GuestAddress(DATA))
         .unwrap();
     // One call per chain: the mock starts a new chain after a descriptor without NEXT only.
-    let chains: [(u16, Vec<RawDescriptor>); 6] = [
+    let chains: [(u16, Vec<RawDescriptor>); 9] = [
         // 0 -> 1 -> 0: a loop.
         (
             0,
@@ -423,18 +468,25 @@ fn malformed_tx_chains_are_dropped_and_the_queue_goes_on() {
         (4, vec![desc(DATA, 80, F_WRITE, 0)]),
         // A next index past the table: a runaway chain.
         (5, vec![desc(DATA, 12, F_NEXT, 200)]),
+        // Shorter than the virtio-net header.
+        (6, vec![desc(DATA, 10, 0, 0)]),
+        // Only the header, no frame.
+        (7, vec![desc(DATA, 12, 0, 0)]),
+        // An indirect table (not offered) outside guest RAM.
+        (8, vec![desc(0x4000_0000, 64, F_INDIRECT, 0)]),
         // And a good frame after all that.
-        (6, vec![desc(DATA, with_header.len() as u32, 0, 0)]),
+        (9, vec![desc(DATA, with_header.len() as u32, 0, 0)]),
     ];
     for (offset, descs) in &chains {
         rig.vq(1).add_desc_chains(descs, *offset).unwrap();
     }
     rig.kick(1);
     assert_eq!(socket.recv_test_frame(), frame);
-    let used = rig.wait_used(1, 6);
+    let used = rig.wait_used(1, chains.len());
     assert_eq!(
         used.iter().map(|u| u.0).collect::<Vec<_>>(),
-        vec![0, 2, 3, 4, 5, 6]
+        chains.iter().map(|c| u32::from(c.0)).collect::<Vec<_>>(),
+        "every chain is returned, in order"
     );
     assert_eq!(
         rig.shared.device_status.load(Ordering::SeqCst) & STATUS_DEVICE_NEEDS_RESET,
@@ -444,17 +496,108 @@ fn malformed_tx_chains_are_dropped_and_the_queue_goes_on() {
 }
 
 #[test]
-fn corrupt_avail_index_marks_the_device_broken() {
-    let Some(rig) = Rig::new("ptapn4", 1, acked(&[])) else {
+fn malformed_rx_chains_are_returned_unused_and_the_frame_lands_in_a_good_one() {
+    let Some(rig) = Rig::new("ptapn8", 1, acked(&[])) else {
         return;
     };
-    rig.shared.config_vector.store(4, Ordering::SeqCst);
+    let socket = PacketSocket::bind("ptapn8");
+    let chains: [(u16, Vec<RawDescriptor>); 5] = [
+        // Device-readable where the device must write.
+        (0, vec![desc(DATA, 2048, 0, 0)]),
+        // Writable but outside guest RAM.
+        (1, vec![desc(0x4000_0000, 2048, F_WRITE, 0)]),
+        // Too short for the virtio-net header.
+        (2, vec![desc(DATA, 8, F_WRITE, 0)]),
+        // A loop.
+        (
+            3,
+            vec![
+                desc(DATA, 1024, F_WRITE | F_NEXT, 4),
+                desc(DATA + 0x400, 1024, F_WRITE | F_NEXT, 3),
+            ],
+        ),
+        (5, vec![desc(DATA + 0x1000, 2048, F_WRITE, 0)]),
+    ];
+    for (offset, descs) in &chains {
+        rig.vq(0).add_desc_chains(descs, *offset).unwrap();
+    }
+    rig.kick(0);
+    let frame = test_frame(200, 6);
+    socket.send(&frame);
+    let used = rig.wait_used(0, chains.len());
+    assert_eq!(
+        used,
+        vec![(0, 0), (1, 0), (2, 0), (3, 0), (5, 12 + frame.len() as u32)],
+        "bad buffers come back empty, the frame is in the good one"
+    );
+    let mut got = vec![0u8; frame.len()];
+    rig.mem
+        .read_slice(&mut got, GuestAddress(DATA + 0x1000 + 12))
+        .unwrap();
+    assert_eq!(got, frame);
+    assert_eq!(
+        rig.shared.device_status.load(Ordering::SeqCst) & STATUS_DEVICE_NEEDS_RESET,
+        0
+    );
+}
+
+/// Bad chains on both pairs' TX queues: each is dropped, and the device logs one line in all.
+#[test]
+fn malformed_chains_are_logged_once_per_device() {
+    capture_log();
+    let Some(rig) = Rig::new("ptapn9", 2, acked(&[F_MQ])) else {
+        return;
+    };
+    for tx in [1, 3] {
+        for slot in 0..4u16 {
+            rig.vq(tx)
+                .add_desc_chains(&[desc(0x4000_0000, 100, 0, 0)], slot)
+                .unwrap();
+        }
+        rig.kick(tx);
+    }
+    rig.wait_used(1, 4);
+    rig.wait_used(3, 4);
+    let lines = logged("ptapn9", "malformed");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("not in guest RAM"), "{lines:?}");
+}
+
+/// Rings no driver could have written: the device stops and asks for a reset, once, and the
+/// VMM goes on.
+#[test]
+fn corrupt_rings_mark_the_device_broken_and_are_logged_once() {
+    capture_log();
+    let Some(rig) = Rig::new("ptapn4", 2, acked(&[F_MQ])) else {
+        return;
+    };
+    rig.shared.config_vector.store(5, Ordering::SeqCst);
+    // An available index that runs ahead of the ring on pair 0's TX ...
     rig.vq(1).avail().idx().store(100);
     rig.kick(1);
     wait_for("DEVICE_NEEDS_RESET", || {
         rig.shared.device_status.load(Ordering::SeqCst) & STATUS_DEVICE_NEEDS_RESET != 0
     });
-    wait_for("config interrupt", || rig.rec.triggered().contains(&4));
+    wait_for("config interrupt", || rig.rec.triggered().contains(&5));
+    // ... and a head index past the descriptor table on pair 1's TX.
+    rig.vq(3).avail().ring().ref_at(0).unwrap().store(200);
+    rig.vq(3).avail().idx().store(1);
+    rig.kick(3);
+    wait_for("the second worker notices", || {
+        logged("ptapn4", "")
+            .iter()
+            .any(|l| l.contains("ptapn4-qp1"))
+    });
+    // It marks its queue broken right after: give it the time to (wrongly) log that too.
+    std::thread::sleep(Duration::from_millis(200));
+    let broken = logged("ptapn4", "broken");
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!(
+        rig.rec.triggered().iter().filter(|&&v| v == 5).count(),
+        1,
+        "one configuration interrupt for the reset request"
+    );
+    assert_eq!(rig.vq(3).used().idx().load(), 0, "nothing returned");
 }
 
 /// Puts one control request on the control queue (index `ctrl`) and returns its ack.
@@ -544,10 +687,10 @@ fn reset_stops_the_workers() {
     };
     // The new thread names itself once it runs.
     wait_for("worker thread", || {
-        thread_names().contains(&"nettest-qp0".to_string())
+        thread_names().contains(&"ptapn6-qp0".to_string())
     });
     rig.net.reset();
     wait_for("worker gone", || {
-        !thread_names().contains(&"nettest-qp0".to_string())
+        !thread_names().contains(&"ptapn6-qp0".to_string())
     });
 }
