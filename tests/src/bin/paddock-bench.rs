@@ -24,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Time to first guest instruction, time to the guest's ready marker, VMM memory overhead.
     Boot(BootArgs),
+    /// virtio-net throughput: the net worker on a tap (`worker`), iperf3 with a guest (`guest`).
+    Net(paddock_tests::bench::net::cli::NetArgs),
 }
 
 #[derive(Args)]
@@ -258,5 +260,6 @@ fn boot(args: BootArgs) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Boot(a) => boot(a),
+        Cmd::Net(a) => paddock_tests::bench::net::cli::run(a),
     }
 }

@@ -1,0 +1,229 @@
+//! Command-line front of `paddock-bench net`: options, the interleaved run order, the table and
+//! the JSON file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::frames::{FRAME_SIZES, MAX_FRAME};
+use super::netns::{create_tap, enter_private_netns};
+use super::worker::{run_once, Direction, Mode, Series, Timing, QUEUE_SIZE};
+use crate::bench::stats::Summary;
+
+#[derive(Subcommand)]
+pub enum NetCmd {
+    /// Frames/s and Gbit/s through Paddock's virtio-net worker on a real tap (synthetic driver,
+    /// no guest), against a plain writev/readv loop on the same tap. Needs root.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+pub struct NetArgs {
+    #[command(subcommand)]
+    pub command: NetCmd,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Runs per (direction, frame size, mode).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Unmeasured seconds at the start of each run.
+    #[arg(long, default_value_t = 0.3)]
+    pub warmup: f64,
+    /// Ethernet frame sizes in bytes, comma separated (54 to 65535; above 1514 a TSO frame).
+    #[arg(long, value_delimiter = ',', default_values_t = FRAME_SIZES)]
+    pub sizes: Vec<usize>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The tap the worker benchmark makes in its private namespace.
+const TAP: &str = "pbnet0";
+
+pub fn run(args: NetArgs) -> Result<()> {
+    match args.command {
+        NetCmd::Worker(a) => worker(a),
+    }
+}
+
+fn fmt(s: &Option<Summary>, scale: f64, digits: usize) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.d$} / {:.d$} / {:.d$}",
+            s.min / scale,
+            s.median / scale,
+            s.max / scale,
+            d = digits
+        ),
+        None => "-".to_string(),
+    }
+}
+
+fn median_ratio(a: &Series, b: &Series) -> Option<f64> {
+    match (&a.frames_per_s, &b.frames_per_s) {
+        (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
+        _ => None,
+    }
+}
+
+fn worker(args: WorkerArgs) -> Result<()> {
+    if args.repeats == 0 {
+        bail!("--repeats 0 measures nothing: give at least 1");
+    }
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!(
+            "--seconds {} measures nothing: give a positive number",
+            args.seconds
+        );
+    }
+    if !(args.warmup >= 0.0 && args.warmup.is_finite()) {
+        bail!(
+            "--warmup {} is not a duration: give 0 or more seconds",
+            args.warmup
+        );
+    }
+    if let Some(bad) = args.sizes.iter().find(|&&s| !(54..=MAX_FRAME).contains(&s)) {
+        bail!("--sizes {bad}: a frame is 54 (Ethernet + IPv4 + TCP headers) to 65535 bytes");
+    }
+    if args.sizes.is_empty() {
+        bail!("--sizes is empty: give at least one frame size");
+    }
+    let timing = Timing {
+        warmup: Duration::from_secs_f64(args.warmup),
+        measure: Duration::from_secs_f64(args.seconds),
+    };
+    enter_private_netns()?;
+    create_tap(TAP)?;
+
+    let directions = [Direction::Tx, Direction::Rx];
+    let mut series: Vec<Series> = Vec::new();
+    for &size in &args.sizes {
+        for dir in directions {
+            for mode in [Mode::Worker, Mode::Plain] {
+                series.push(Series::new(dir, size, mode));
+            }
+        }
+    }
+    // Interleaved: every combination once per repeat, the mode order alternating, so drift in
+    // the machine's load touches worker and plain alike.
+    for repeat in 0..args.repeats {
+        for s in 0..series.len() / 2 {
+            let pair = if repeat % 2 == 0 {
+                [2 * s, 2 * s + 1]
+            } else {
+                [2 * s + 1, 2 * s]
+            };
+            for i in pair {
+                let entry = &mut series[i];
+                let (dir, size, mode) = (entry.direction, entry.frame_bytes, entry.mode);
+                match run_once(TAP, dir, mode, size, timing) {
+                    Ok(sample) => {
+                        eprintln!(
+                            "run {}/{} {} {size} B {}: {:.0} frames/s, {:.3} Gbit/s",
+                            repeat + 1,
+                            args.repeats,
+                            dir.name(),
+                            mode.name(),
+                            sample.frames_per_s,
+                            sample.gbit_per_s
+                        );
+                        entry.samples.push(sample);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "run {}/{} {} {size} B {}: failed: {e}",
+                            repeat + 1,
+                            args.repeats,
+                            dir.name(),
+                            mode.name()
+                        );
+                        entry.failures.push(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+    for s in &mut series {
+        s.summarise();
+    }
+
+    println!(
+        "net worker: 1 queue pair, rings of {QUEUE_SIZE}, {} runs of {} s (+{} s warm-up) each; min / median / max",
+        args.repeats, args.seconds, args.warmup
+    );
+    println!(
+        "{:<4} {:>7} {:<7} {:>36} {:>24} {:>13}",
+        "dir", "frame B", "mode", "frames/s", "Gbit/s", "worker/plain"
+    );
+    let mut ratios = Vec::new();
+    for pair in series.chunks(2) {
+        let ratio = median_ratio(&pair[0], &pair[1]);
+        for s in pair {
+            println!(
+                "{:<4} {:>7} {:<7} {:>36} {:>24} {:>13}",
+                s.direction.name(),
+                s.frame_bytes,
+                s.mode.name(),
+                fmt(&s.frames_per_s, 1.0, 0),
+                fmt(&s.gbit_per_s, 1.0, 3),
+                match (s.mode, ratio) {
+                    (Mode::Worker, Some(r)) => format!("{r:.3}x"),
+                    _ => String::new(),
+                }
+            );
+            for f in &s.failures {
+                println!("  failure: {f}");
+            }
+        }
+        ratios.push(serde_json::json!({
+            "direction": pair[0].direction,
+            "frame_bytes": pair[0].frame_bytes,
+            "worker_over_plain": ratio,
+        }));
+    }
+
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "benchmark": "net-worker",
+            "repeats": args.repeats,
+            "seconds": args.seconds,
+            "warmup_seconds": args.warmup,
+            "queue_size": QUEUE_SIZE,
+            "queue_pairs": 1,
+            "host_kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            "host_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "results": series,
+            "ratios": ratios,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let empty: Vec<String> = series
+        .iter()
+        .filter(|s| s.samples.is_empty())
+        .map(|s| {
+            format!(
+                "{} {} B {}",
+                s.direction.name(),
+                s.frame_bytes,
+                s.mode.name()
+            )
+        })
+        .collect();
+    if !empty.is_empty() {
+        bail!(
+            "no measurement at all for {} (see the failures above)",
+            empty.join(", ")
+        );
+    }
+    Ok(())
+}
