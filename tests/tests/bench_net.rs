@@ -1,13 +1,18 @@
 //! `paddock-bench net` works end to end. `worker`: on this machine's kernel (root: it makes a tap
 //! in a private network namespace), briefly, every direction and frame size must move frames both
-//! through the worker and in the plain loop. Not a timed test: no thresholds, only that the numbers
+//! through the worker and in the plain loop. `guest`: in the KVM test host (or on hardware KVM),
+//! one run of iperf3 with the default guest under Paddock must give a positive rate for both
+//! directions with 1 and 2 queue pairs. Not timed tests: no thresholds, only that the numbers
 //! exist (see docs/benchmarks.md for the real runs).
 //!
 //! Needs the release binaries first: `cargo build --release -p sandbox -p paddock-tests`, then
 //! `cargo test -p paddock-tests --test bench_net --release -- --nocapture`.
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use paddock_tests::testhost::Scenario;
 use serde_json::Value;
 
 fn positive(v: &Value) -> bool {
@@ -71,4 +76,54 @@ fn paddock_bench_net_worker_moves_frames_both_ways() {
     for ratio in json["ratios"].as_array().expect("ratios") {
         assert!(positive(&ratio["worker_over_plain"]), "{ratio}");
     }
+}
+
+#[test]
+fn paddock_bench_net_guest_measures_both_directions_for_1_and_2_pairs() {
+    let mut s = Scenario::new("bench_net");
+    // The table goes to stderr; stdout is exactly the JSON file.
+    s.check_as_root(
+        "bench-net-guest",
+        Duration::from_secs(300),
+        r#"paddock-bench net guest --runs 1 --seconds 2 --cpus 2 --paddock "$(command -v paddock)" --kernel "$GUEST/vmlinuz" --initramfs "$GUEST/initramfs.cpio.gz" --json "$HOME/net.json" >&2 && cat "$HOME/net.json""#,
+    );
+    s.paddock_bench_bin(Path::new(env!("CARGO_BIN_EXE_paddock-bench")));
+    let Some(report) = s.run().expect("bench_net scenario") else {
+        return;
+    };
+    let r = report.check("bench-net-guest");
+    assert_eq!(r.status, 0, "paddock-bench net guest must succeed\n{r}");
+    let json: Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("paddock-bench --json wrote no JSON ({e})\n{r}"));
+    assert_eq!(json["benchmark"], "net-guest", "{json}");
+    let results = json["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "only paddock was asked for: {json}");
+    let paddock = &results[0];
+    assert_eq!(paddock["vmm"], "paddock");
+    assert_eq!(
+        paddock["failures"].as_array().map(Vec::len),
+        Some(0),
+        "{json}"
+    );
+    let mut seen = Vec::new();
+    for series in paddock["series"].as_array().expect("series") {
+        let key = format!("{} pair(s) {}", series["pairs"], series["flow"]);
+        assert!(
+            positive(&series["gbit_per_s"]["median"])
+                && series["samples"].as_array().map(Vec::len) == Some(1),
+            "{key}: {series}"
+        );
+        seen.push(key);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "1 pair(s) \"guest-to-host\"",
+            "1 pair(s) \"host-to-guest\"",
+            "2 pair(s) \"guest-to-host\"",
+            "2 pair(s) \"host-to-guest\"",
+        ],
+        "{json}"
+    );
 }

@@ -41,6 +41,26 @@ pub enum PeerError {
     NotExecutable { name: String, path: PathBuf },
 }
 
+/// The paddock binary a benchmark runs by default: PADDOCK_BIN, else the workspace's build, else
+/// `paddock` on PATH.
+pub fn default_paddock() -> PathBuf {
+    if let Some(p) = std::env::var_os("PADDOCK_BIN") {
+        return PathBuf::from(p);
+    }
+    let built = crate::workspace::paddock_bin();
+    if built.is_file() {
+        return built;
+    }
+    crate::testhost::mode::find_on_path("paddock").unwrap_or(built)
+}
+
+/// The default guest's directory: PADDOCK_GUEST_DIR, else the workspace's target/guest.
+pub fn default_guest_dir() -> PathBuf {
+    std::env::var_os("PADDOCK_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(crate::workspace::guest_dir)
+}
+
 /// Parses `--peer NAME=PATH`.
 pub fn parse_peer(text: &str) -> Result<Vmm, PeerError> {
     let (name, path) = text
@@ -73,10 +93,31 @@ pub struct Guest<'a> {
     pub mem_mib: u64,
 }
 
+/// A virtio-net device on an existing multi-queue tap, as each VMM is asked to attach it.
+#[derive(Clone, Debug)]
+pub struct NetAttach<'a> {
+    pub tap: &'a str,
+    pub pairs: u8,
+    pub mac: &'a str,
+}
+
 impl Vmm {
     /// The command that boots `guest` with its serial console on stdout. `scratch` holds any
     /// configuration file the VMM needs.
     pub fn command(&self, guest: &Guest, scratch: &Path) -> std::io::Result<Command> {
+        self.command_with_net(guest, scratch, None)
+    }
+
+    /// [`Vmm::command`] with a virtio-net device on a tap: Paddock's `--net`, QEMU's
+    /// virtio-net-pci on a `-netdev tap` (no vhost: a user-space device like Paddock's; microvm
+    /// gets its PCIe host bridge for it), Cloud Hypervisor's `--net`. Firecracker has no
+    /// multi-queue virtio-net and is refused.
+    pub fn command_with_net(
+        &self,
+        guest: &Guest,
+        scratch: &Path,
+        net: Option<&NetAttach>,
+    ) -> std::io::Result<Command> {
         let mut cmd = Command::new(&self.path);
         let mem = guest.mem_mib.to_string();
         let cpus = guest.cpus.to_string();
@@ -91,14 +132,18 @@ impl Vmm {
                 }
                 cmd.args(["--cmdline", guest.cmdline, "--cpus", &cpus, "--memory"])
                     .arg(format!("{mem}M"));
+                if let Some(n) = net {
+                    cmd.arg("--net")
+                        .arg(format!("tap={},queues={},mac={}", n.tap, n.pairs, n.mac));
+                }
             }
             VmmKind::Qemu | VmmKind::QemuPc => {
                 // microvm: QEMU's own minimal machine, the fair peer for direct kernel boot (qboot
                 // loads the kernel itself, no option ROMs, no PCI). pc: the classic machine.
-                let machine = if self.kind == VmmKind::Qemu {
-                    "microvm,x-option-roms=off,rtc=off,acpi=on"
-                } else {
-                    "pc"
+                let machine = match (self.kind, net.is_some()) {
+                    (VmmKind::Qemu, false) => "microvm,x-option-roms=off,rtc=off,acpi=on",
+                    (VmmKind::Qemu, true) => "microvm,x-option-roms=off,rtc=off,acpi=on,pcie=on",
+                    _ => "pc",
                 };
                 // kvm_pvm refuses QEMU's write of MSR_IA32_ARCH_CAPABILITIES (QEMU then aborts);
                 // hardware KVM and nested kvm_amd take the plain host model.
@@ -132,6 +177,21 @@ impl Vmm {
                 if let Some(i) = guest.initramfs {
                     cmd.arg("-initrd").arg(i);
                 }
+                if let Some(n) = net {
+                    let mq = if n.pairs > 1 { "on" } else { "off" };
+                    cmd.arg("-netdev")
+                        .arg(format!(
+                            "tap,id=net0,ifname={},script=no,downscript=no,queues={},vhost=off",
+                            n.tap, n.pairs
+                        ))
+                        .arg("-device")
+                        .arg(format!(
+                            // No option ROM: a direct kernel boot does not use it.
+                            "virtio-net-pci,netdev=net0,mac={},mq={mq},vectors={},romfile=",
+                            n.mac,
+                            2 * u32::from(n.pairs) + 2
+                        ));
+                }
             }
             VmmKind::CloudHypervisor => {
                 cmd.arg("--kernel").arg(guest.kernel);
@@ -143,8 +203,22 @@ impl Vmm {
                     .arg("--memory")
                     .arg(format!("size={mem}M"))
                     .args(["--serial", "tty", "--console", "off"]);
+                if let Some(n) = net {
+                    cmd.arg("--net").arg(format!(
+                        "tap={},mac={},num_queues={}",
+                        n.tap,
+                        n.mac,
+                        2 * u32::from(n.pairs)
+                    ));
+                }
             }
             VmmKind::Firecracker => {
+                if net.is_some() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "firecracker has no multi-queue virtio-net: leave it out of net benchmarks",
+                    ));
+                }
                 let config = serde_json::json!({
                     "boot-source": {
                         "kernel_image_path": guest.kernel,

@@ -4,9 +4,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use paddock_tests::bench::boot::{BootBench, VmmBootResult};
 use paddock_tests::bench::stats::Summary;
-use paddock_tests::bench::vmms::{parse_peer, Guest, Vmm, VmmKind};
-use paddock_tests::testhost::mode::find_on_path;
-use paddock_tests::workspace;
+use paddock_tests::bench::vmms::{
+    default_guest_dir, default_paddock, parse_peer, Guest, Vmm, VmmKind,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,23 +78,6 @@ fn ratio(a: &Option<Summary>, b: &Option<Summary>) -> String {
         (Some(a), Some(b)) if b.median > 0.0 => format!("{:.3}x", a.median / b.median),
         _ => "-".to_string(),
     }
-}
-
-fn default_paddock() -> PathBuf {
-    if let Some(p) = std::env::var_os("PADDOCK_BIN") {
-        return PathBuf::from(p);
-    }
-    let built = workspace::paddock_bin();
-    if built.is_file() {
-        return built;
-    }
-    find_on_path("paddock").unwrap_or(built)
-}
-
-fn default_guest_dir() -> PathBuf {
-    std::env::var_os("PADDOCK_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(workspace::guest_dir)
 }
 
 /// Which KVM serves /dev/kvm here: the loaded module's name.

@@ -20,6 +20,10 @@ struct Cli {
     root: bool,
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// A cpio archive added to the test host's initramfs (e.g. target/testhost/qemu/qemu-layer.cpio
+    /// for a QEMU peer); repeatable.
+    #[arg(long = "layer")]
+    layers: Vec<std::path::PathBuf>,
     /// The shell command.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -29,6 +33,15 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let run_as = if cli.root { RunAs::Root } else { RunAs::User };
     let mut scenario = Scenario::new("paddock-testhost");
+    for layer in &cli.layers {
+        if !layer.is_file() {
+            bail!(
+                "--layer {}: no such file (build it, e.g. resources/testhost/build-qemu-layer.sh target/testhost/qemu)",
+                layer.display()
+            );
+        }
+        scenario.extra_layer(layer);
+    }
     scenario.check(
         "command",
         run_as,

@@ -99,6 +99,8 @@ pub struct Scenario {
     paddock_bench: Option<PathBuf>,
     l1_cpus: u32,
     l1_memory_mib: u32,
+    /// cpio archives added to L1's initramfs after the base (e.g. the QEMU layer for peers).
+    layers: Vec<PathBuf>,
 }
 
 impl Scenario {
@@ -113,7 +115,16 @@ impl Scenario {
             paddock_bench: None,
             l1_cpus: 2,
             l1_memory_mib: 4096,
+            layers: Vec::new(),
         }
+    }
+
+    /// Adds a cpio archive to L1's initramfs, after the base and before the payload (for example
+    /// resources/testhost/build-qemu-layer.sh's QEMU for benchmark peers). Not used when the
+    /// scenario runs directly on a hardware-backed /dev/kvm.
+    pub fn extra_layer(&mut self, cpio: &Path) -> &mut Self {
+        self.layers.push(cpio.to_path_buf());
+        self
     }
 
     /// Registers a check. A bad name, a duplicate or a zero timeout is reported by [`Scenario::run`].
@@ -364,7 +375,10 @@ impl Scenario {
         let payload = tmp.path().join("payload.cpio");
         image::pack(&stage, &payload)?;
         let initrd = tmp.path().join("initrd.cpio");
-        image::concat(&[&base.cpio, &payload], &initrd)?;
+        let mut parts: Vec<&Path> = vec![&base.cpio];
+        parts.extend(self.layers.iter().map(PathBuf::as_path));
+        parts.push(&payload);
+        image::concat(&parts, &initrd)?;
         let qemu = mode::find_on_path("qemu-system-x86_64")
             .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
         let retried = boot_with_one_retry(|attempt| -> Result<Followed, TestHostError> {

@@ -8,15 +8,21 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use super::frames::{FRAME_SIZES, MAX_FRAME};
+use super::guest::{check_root, GuestBench};
 use super::netns::{create_tap, enter_private_netns};
 use super::worker::{run_once, Direction, Mode, Series, Timing, QUEUE_SIZE};
 use crate::bench::stats::Summary;
+use crate::bench::vmms::{default_guest_dir, default_paddock, parse_peer, Vmm, VmmKind};
+use crate::testhost::mode::find_on_path;
 
 #[derive(Subcommand)]
 pub enum NetCmd {
     /// Frames/s and Gbit/s through Paddock's virtio-net worker on a real tap (synthetic driver,
     /// no guest), against a plain writev/readv loop on the same tap. Needs root.
     Worker(WorkerArgs),
+    /// iperf3 between the host and the default guest over virtio-net on a multi-queue tap, for 1
+    /// and --cpus queue pairs, both directions, under Paddock and the peers. Needs root (the tap).
+    Guest(GuestArgs),
 }
 
 #[derive(Args)]
@@ -44,12 +50,50 @@ pub struct WorkerArgs {
     pub json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+pub struct GuestArgs {
+    /// Boots per VMM and pair count (each measures both directions).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Seconds of each iperf3 measurement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
+    /// Guest vCPUs; also the larger queue-pair count measured (the other is 1).
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u8,
+    #[arg(long, default_value_t = 512)]
+    pub memory_mib: u64,
+    /// Kernel (default: vmlinuz of the default guest, from PADDOCK_GUEST_DIR or target/guest).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs with iperf3 and taskset (default: the default guest's initramfs.cpio.gz).
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// The paddock binary (default: PADDOCK_BIN, else the workspace's build, else `paddock` on PATH).
+    #[arg(long)]
+    pub paddock: Option<PathBuf>,
+    /// A peer VMM: qemu=PATH (microvm with PCIe), qemu-pc=PATH (pc machine) or
+    /// cloud-hypervisor=PATH; repeatable.
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// Seconds to wait for the guest's iperf3 servers after starting its VMM.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+    /// Name of the tap to create for each pair count (it must not exist).
+    #[arg(long, default_value = "pbtap0")]
+    pub tap: String,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
 /// The tap the worker benchmark makes in its private namespace.
 const TAP: &str = "pbnet0";
 
 pub fn run(args: NetArgs) -> Result<()> {
     match args.command {
         NetCmd::Worker(a) => worker(a),
+        NetCmd::Guest(a) => guest(a),
     }
 }
 
@@ -217,6 +261,143 @@ fn worker(args: WorkerArgs) -> Result<()> {
                 s.frame_bytes,
                 s.mode.name()
             )
+        })
+        .collect();
+    if !empty.is_empty() {
+        bail!(
+            "no measurement at all for {} (see the failures above)",
+            empty.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn guest(args: GuestArgs) -> Result<()> {
+    if args.runs == 0 {
+        bail!("--runs 0 measures nothing: give at least 1");
+    }
+    if args.seconds == 0 {
+        bail!("--seconds 0 measures nothing: give at least 1");
+    }
+    if args.cpus == 0 {
+        bail!("--cpus 0: a guest needs at least 1 vCPU");
+    }
+    let guest_dir = default_guest_dir();
+    let kernel = args
+        .kernel
+        .clone()
+        .unwrap_or_else(|| guest_dir.join("vmlinuz"));
+    let initramfs = args
+        .initramfs
+        .clone()
+        .unwrap_or_else(|| guest_dir.join("initramfs.cpio.gz"));
+    for (what, path) in [("kernel", &kernel), ("initramfs", &initramfs)] {
+        if !path.is_file() {
+            bail!(
+                "{what} {} not found: run resources/guest/build.sh, set PADDOCK_GUEST_DIR or pass --{what}",
+                path.display()
+            );
+        }
+    }
+    let paddock = args.paddock.clone().unwrap_or_else(default_paddock);
+    if !paddock.is_file() {
+        bail!(
+            "paddock binary {} not found: build it (cargo build --release -p sandbox), set PADDOCK_BIN or pass --paddock",
+            paddock.display()
+        );
+    }
+    let mut vmms = vec![Vmm {
+        kind: VmmKind::Paddock,
+        path: paddock,
+    }];
+    for p in &args.peers {
+        let peer = parse_peer(p)?;
+        if peer.kind == VmmKind::Firecracker {
+            bail!("--peer {p}: firecracker has no multi-queue virtio-net; net guest takes qemu, qemu-pc or cloud-hypervisor");
+        }
+        vmms.push(peer);
+    }
+    if find_on_path("iperf3").is_none() {
+        bail!("iperf3 not found on PATH: install it (the host runs the iperf3 clients)");
+    }
+    check_root()?;
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let bench = GuestBench {
+        runs: args.runs,
+        seconds: args.seconds,
+        cpus: args.cpus,
+        mem_mib: args.memory_mib,
+        kernel: &kernel,
+        initramfs: &initramfs,
+        tap: &args.tap,
+        timeout: Duration::from_secs(args.timeout),
+        scratch: scratch.path(),
+    };
+    let results = bench.measure_all(&vmms);
+    let pair_counts = bench.pair_counts();
+
+    println!(
+        "net guest: iperf3, {} runs of {} s per VMM, pair count and direction; {} vCPU(s), {} MiB; Gbit/s min / median / max",
+        args.runs, args.seconds, args.cpus, args.memory_mib
+    );
+    println!(
+        "{:<18} {:>5} {:<14} {:>30}",
+        "vmm", "pairs", "direction", "Gbit/s"
+    );
+    for r in &results {
+        for s in &r.series {
+            println!(
+                "{:<18} {:>5} {:<14} {:>30}",
+                r.vmm,
+                s.pairs,
+                s.flow.name(),
+                fmt(&s.gbit_per_s, 1.0, 3)
+            );
+        }
+        for f in &r.failures {
+            println!("  failure: {f}");
+        }
+    }
+    let ours = &results[0];
+    for peer in &results[1..] {
+        for (a, b) in ours.series.iter().zip(&peer.series) {
+            let ratio = match (&a.gbit_per_s, &b.gbit_per_s) {
+                (Some(a), Some(b)) if b.median > 0.0 => format!("{:.3}x", a.median / b.median),
+                _ => "-".to_string(),
+            };
+            println!(
+                "paddock / {}: {} pair(s) {}: {ratio} (median; above 1 = paddock faster)",
+                peer.vmm,
+                a.pairs,
+                a.flow.name()
+            );
+        }
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "benchmark": "net-guest",
+            "runs": args.runs,
+            "seconds": args.seconds,
+            "cpus": args.cpus,
+            "memory_mib": args.memory_mib,
+            "pair_counts": pair_counts,
+            "kernel": kernel.display().to_string(),
+            "initramfs": initramfs.display().to_string(),
+            "host_kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let empty: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.series
+                .iter()
+                .filter(|s| s.samples.is_empty())
+                .map(move |s| format!("{} {} pair(s) {}", r.vmm, s.pairs, s.flow.name()))
         })
         .collect();
     if !empty.is_empty() {

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod frames;
+pub mod guest;
 pub mod netns;
 pub mod ring;
 pub mod worker;

@@ -9,6 +9,8 @@ use std::process::Command;
 pub enum NetnsError {
     #[error("paddock-bench net worker needs root: it creates a tap in a private network namespace (run it with sudo)")]
     NotRoot,
+    #[error("{0} needs root: it creates the tap the guests use (run it with sudo)")]
+    NotRootFor(&'static str),
     #[error("cannot create a private network namespace (unshare CLONE_NEWNET): {0}")]
     Unshare(io::Error),
     #[error("`ip {args}` failed: {why}")]
@@ -41,7 +43,7 @@ pub fn enter_private_netns() -> Result<(), NetnsError> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<(), NetnsError> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), NetnsError> {
     let err = |why: String| NetnsError::Ip {
         args: args.join(" "),
         why,
