@@ -105,6 +105,28 @@ pub fn cmdline(pairs: u8, cpus: u8) -> String {
     )
 }
 
+/// Extra time an iperf3 client gets beyond its test before it is killed: iperf3 can wait
+/// forever for a server that stopped answering.
+const IPERF_GRACE: Duration = Duration::from_secs(30);
+
+/// Waits for `child` until `deadline`, then kills it. Returns its output, or None if killed.
+fn output_by(
+    mut child: std::process::Child,
+    deadline: Instant,
+) -> std::io::Result<Option<std::process::Output>> {
+    loop {
+        if child.try_wait()?.is_some() {
+            return child.wait_with_output().map(Some);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Gbit/s of one flow direction: every iperf3 client's receiver-side rate, summed.
 fn iperf(pairs: u8, flow: Flow, seconds: u32) -> Result<f64, String> {
     let mut clients = Vec::new();
@@ -112,7 +134,13 @@ fn iperf(pairs: u8, flow: Flow, seconds: u32) -> Result<f64, String> {
         let mut cmd = Command::new("iperf3");
         cmd.args(["-c", GUEST_IP, "-p"])
             .arg((BASE_PORT + u16::from(pair)).to_string())
-            .args(["-t", &seconds.to_string(), "-J"]);
+            .args([
+                "-t",
+                &seconds.to_string(),
+                "-J",
+                "--connect-timeout",
+                "10000",
+            ]);
         if flow == Flow::GuestToHost {
             cmd.arg("-R");
         }
@@ -124,12 +152,21 @@ fn iperf(pairs: u8, flow: Flow, seconds: u32) -> Result<f64, String> {
                 .map_err(|e| format!("starting iperf3 (is it installed?): {e}"))?,
         );
     }
+    let deadline = Instant::now() + Duration::from_secs(u64::from(seconds)) + IPERF_GRACE;
     let mut total = 0.0;
     let mut errors = Vec::new();
     for (pair, client) in clients.into_iter().enumerate() {
-        let out = client
-            .wait_with_output()
-            .map_err(|e| format!("waiting for iperf3: {e}"))?;
+        // The JSON is small, so a client never blocks on its full stdout pipe before exiting.
+        let out = match output_by(client, deadline) {
+            Ok(Some(out)) => out,
+            Ok(None) => {
+                errors.push(format!(
+                    "pair {pair}: iperf3 did not finish within {seconds} s + {IPERF_GRACE:?}"
+                ));
+                continue;
+            }
+            Err(e) => return Err(format!("waiting for iperf3: {e}")),
+        };
         let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {
             Ok(j) => j,
             Err(e) => {
