@@ -42,6 +42,12 @@ impl InterruptLine for EventFd {
 pub trait VectorInterrupts: Send + Sync {
     /// Raises `vector`. A vector that is masked right now is remembered and delivered on unmask.
     fn trigger(&self, vector: u16) -> Result<(), InterruptError>;
+    /// An eventfd that raises `vector` when written, for another process to signal directly (a
+    /// vhost-user backend's vring call fd); `None` when there is none. Writes to it bypass the
+    /// pending bit, so the provider raises the vector once on every unmask instead.
+    fn irqfd(&self, _vector: u16) -> Option<EventFd> {
+        None
+    }
 }
 
 /// The KVM side of MSI delivery, implemented by the VMM: keeps a GSI route per vector and fires it.
@@ -51,6 +57,10 @@ pub trait MsiInterruptRoutes: Send + Sync {
     fn update(&self, vector: u16, msg: MsiMessage, masked: bool) -> Result<(), InterruptError>;
     /// Delivers `vector` now (it is unmasked and enabled).
     fn trigger(&self, vector: u16) -> Result<(), InterruptError>;
+    /// A copy of the eventfd that delivers `vector` (a KVM irqfd), when there is one.
+    fn irqfd(&self, _vector: u16) -> Option<EventFd> {
+        None
+    }
 }
 
 /// What a [`RecordingInterrupts`] saw, in order.
@@ -71,11 +81,24 @@ pub enum InterruptEvent {
 #[derive(Default)]
 pub struct RecordingInterrupts {
     events: Mutex<Vec<InterruptEvent>>,
+    irqfds: Vec<EventFd>,
 }
 
 impl RecordingInterrupts {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A recorder that also hands out an eventfd per vector (what KVM irqfds are), for devices
+    /// whose interrupts are signalled from outside the VMM.
+    pub fn with_irqfds(vectors: u16) -> std::io::Result<Self> {
+        let irqfds = (0..vectors)
+            .map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            events: Mutex::default(),
+            irqfds,
+        })
     }
 
     /// Returns the events recorded so far and forgets them.
@@ -124,6 +147,10 @@ impl MsiInterruptRoutes for RecordingInterrupts {
     fn trigger(&self, vector: u16) -> Result<(), InterruptError> {
         self.push(InterruptEvent::Trigger { vector });
         Ok(())
+    }
+
+    fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        self.irqfds.get(usize::from(vector))?.try_clone().ok()
     }
 }
 

@@ -9,5 +9,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo build --workspace --release
 resources/guest/build.sh
+# The standard virtiofsd, the vhost-user-fs backend tests/tests/virtiofs.rs runs against.
+resources/setup/virtiofsd.sh
 # Tests use target/release/paddock; --test-threads=1 keeps two-core machines from timing out QEMU.
 cargo test --workspace --release -- --test-threads=1

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Boot a guest. Without --kernel, boots the default guest and runs CMD in it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the SELinux CIL module, the OpenShift SCC, or the seccomp filter table.
     Policy(PolicyArgs),
     /// Serve a host directory to a guest: the bundled vhost-user-fs backend (one share per process).
@@ -101,6 +101,12 @@ pub struct RunArgs {
     /// docs/networking.md.
     #[arg(long, value_name = "tap=NAME,...|fd=N,...")]
     pub net: Vec<String>,
+    /// A virtio-fs share served by a vhost-user-fs backend (virtiofsd) listening on a socket:
+    /// `tag=TAG,socket=PATH[,queues=N][,queue_size=M]` (TAG at most 36 bytes, N request queues,
+    /// default 1, M descriptors per queue, default 1024). Guest RAM is then mapped shared.
+    /// Repeatable. See docs/virtiofs.md.
+    #[arg(long, value_name = "tag=TAG,socket=PATH,...")]
+    pub fs: Vec<String>,
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]
     pub serial: String,

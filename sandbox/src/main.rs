@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         .init();
     let cli = cli::Cli::parse();
     match cli.command {
-        cli::Command::Run(args) => run::run(cli.user.as_deref(), args),
+        cli::Command::Run(args) => run::run(cli.user.as_deref(), *args),
         cli::Command::Policy(args) => policy::print(&args),
         cli::Command::Virtiofsd(args) => virtiofsd::run(cli.user.as_deref(), args),
     }

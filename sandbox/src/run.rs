@@ -50,6 +50,15 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };
+    let fses = match args
+        .fs
+        .iter()
+        .map(|f| config::parse_fs(f))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(f) => f,
+        Err(e) => return cannot_start(e),
+    };
     let serial = match config::parse_serial(&args.serial) {
         Ok(s) => s,
         Err(e) => return cannot_start(e),
@@ -96,6 +105,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         serial_out: Box::new(watcher),
         serial_in,
         nets,
+        fses,
     };
     let mut vm = match Vm::create(cfg) {
         Ok(vm) => vm,

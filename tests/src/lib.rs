@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod testhost;
 pub mod tinyguest;
+pub mod virtiofs;
 pub mod workspace;

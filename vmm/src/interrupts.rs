@@ -189,6 +189,17 @@ impl MsiInterruptRoutes for KvmMsiRoutes {
             .write(1)
             .map_err(|source| InterruptError::Signal { vector, source })
     }
+
+    fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        match self.vector(vector).map(|v| v.irqfd.try_clone()) {
+            Ok(Ok(fd)) => Some(fd),
+            Ok(Err(e)) => {
+                log::warn!("cannot copy the irqfd of MSI-X vector {vector}: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Paddock's VM: KVM wrappers, guest memory, x86_64 boot, vCPU threads and the VM lifecycle.
 
 pub mod arch;
+pub mod fs;
 pub mod interrupts;
 pub mod kvm;
 pub mod memory;

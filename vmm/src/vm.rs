@@ -1,6 +1,7 @@
 //! Building and running a VM: Created -> Running -> Shutdown.
 
 use crate::arch::x86_64 as arch;
+use crate::fs::{self, FsAttachError, FsContext, FsSpec};
 use crate::interrupts::GsiRouting;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryConfig, MemoryError};
@@ -39,6 +40,8 @@ pub struct VmConfig {
     pub serial_in: Option<Box<dyn Read + Send>>,
     /// One virtio-net device per entry (`--net`).
     pub nets: Vec<NetSpec>,
+    /// One virtio-fs device per entry (`--fs`), each served by a vhost-user-fs backend.
+    pub fses: Vec<FsSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Net(#[from] NetAttachError),
+    #[error(transparent)]
+    Fs(#[from] FsAttachError),
     #[error("the PCI BAR windows: {0}")]
     BarWindows(#[from] devices::pci::AllocatorError),
     #[error("--cpus 0: a VM needs at least one vCPU")]
@@ -132,7 +137,7 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 impl Vm {
     /// Validates the configuration, creates the VM, loads the kernel and sets up every vCPU.
     /// Nothing outside this process is created, so an error leaves nothing behind.
-    pub fn create(cfg: VmConfig) -> Result<Self, VmError> {
+    pub fn create(mut cfg: VmConfig) -> Result<Self, VmError> {
         if cfg.vcpus == 0 {
             return Err(VmError::NoVcpus);
         }
@@ -153,6 +158,12 @@ impl Vm {
             None => None,
         };
         memory::check_size(cfg.memory.size)?;
+        fs::check_tags(&cfg.fses)?;
+        // A vhost-user backend maps guest RAM itself: it must be a file, mapped shared.
+        if !cfg.fses.is_empty() && !cfg.memory.shared {
+            log::info!("guest RAM is mapped shared (shared=on): a vhost-user backend maps it too");
+            cfg.memory.shared = true;
+        }
 
         let kvm = kvm::open()?;
         let max = kvm::max_vcpus(&kvm);
@@ -196,7 +207,7 @@ impl Vm {
         let mmio = Arc::new(Bus::new());
         let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
         let pci = add_pci_root(&pio, &mmio)?;
-        add_nets(&vm_fd, &pci, &mem, cfg.nets, cfg.vcpus.into())?;
+        add_pci_devices(&vm_fd, &pci, &mem, cfg.nets, &cfg.fses, cfg.vcpus.into())?;
         if let Some(input) = cfg.serial_in {
             spawn_serial_input(serial, input).map_err(io("starting the serial input thread"))?;
         }
@@ -299,15 +310,17 @@ impl Vm {
     }
 }
 
-/// Every `--net`, on one GSI routing table and one BAR allocator over the VM's PCI windows.
-fn add_nets(
+/// Every `--net` and `--fs`, on one GSI routing table and one BAR allocator over the VM's PCI
+/// windows.
+fn add_pci_devices(
     vm: &Arc<VmFd>,
     pci: &PciRoot,
     mem: &GuestMemoryMmap,
     nets: Vec<NetSpec>,
+    fses: &[FsSpec],
     vcpus: usize,
 ) -> Result<(), VmError> {
-    if nets.is_empty() {
+    if nets.is_empty() && fses.is_empty() {
         return Ok(());
     }
     let windows = arch::pci_windows(mem);
@@ -332,6 +345,16 @@ fn add_nets(
     };
     for (index, spec) in nets.into_iter().enumerate() {
         net::attach(&mut ctx, index, spec)?;
+    }
+    let mut ctx = FsContext {
+        vm,
+        routing: &routing,
+        pci,
+        allocator: &mut allocator,
+        mem,
+    };
+    for spec in fses {
+        fs::attach(&mut ctx, spec)?;
     }
     Ok(())
 }

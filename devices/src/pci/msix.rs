@@ -7,6 +7,7 @@
 //! mask is reported to [`MsiInterruptRoutes`] so the VMM can keep its KVM GSI routes current.
 
 use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::config::{ConfigError, PciConfig};
 use crate::interrupt::{InterruptError, MsiInterruptRoutes, MsiMessage, VectorInterrupts};
@@ -78,6 +79,8 @@ pub struct Msix {
     function_masked: bool,
     capability: Option<u16>,
     routes: Arc<dyn MsiInterruptRoutes>,
+    /// Vectors whose irqfd was handed out (see [`Msix::irqfd`]).
+    direct: Vec<bool>,
 }
 
 impl Msix {
@@ -107,6 +110,7 @@ impl Msix {
             function_masked: false,
             capability: None,
             routes,
+            direct: vec![false; usize::from(layout.vectors)],
         })
     }
 
@@ -209,11 +213,22 @@ impl Msix {
         self.routes.trigger(vector)
     }
 
+    /// The eventfd that delivers `vector`, for a signaller outside this process (a vhost-user
+    /// backend). Its writes while the vector is masked are lost rather than left pending, so from
+    /// now on every unmask of `vector` delivers it once: at worst a spurious interrupt, which
+    /// virtio drivers ignore, never a lost one.
+    pub fn irqfd(&mut self, vector: u16) -> Option<EventFd> {
+        let fd = self.routes.irqfd(vector)?;
+        *self.direct.get_mut(usize::from(vector))? = true;
+        Some(fd)
+    }
+
     fn mask_changed(&mut self, vector: u16) -> Result<(), MsixError> {
         let masked = self.masked(vector);
         let msg = self.message(vector).unwrap_or_default();
         self.routes.update(vector, msg, masked)?;
-        if !masked && self.pending(vector) {
+        let direct = self.direct.get(usize::from(vector)).copied() == Some(true);
+        if !masked && (self.pending(vector) || direct) {
             self.pending[usize::from(vector / 64)] &= !(1 << (vector % 64));
             self.routes.trigger(vector)?;
         }
@@ -322,6 +337,13 @@ impl VectorInterrupts for MsixVectors {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .trigger(vector)
+    }
+
+    fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .irqfd(vector)
     }
 }
 
@@ -468,6 +490,27 @@ mod tests {
         set_vector_mask(&mut msix, 2, true);
         set_vector_mask(&mut msix, 2, false);
         assert!(rec.triggered().is_empty());
+    }
+
+    #[test]
+    fn a_vector_signalled_from_outside_fires_on_every_unmask() {
+        let rec = Arc::new(RecordingInterrupts::with_irqfds(3).unwrap());
+        let mut msix = Msix::new(LAYOUT, rec.clone()).unwrap();
+        let (_, mut config, _, _) = setup();
+        let cap = msix.add_capability(&mut config).unwrap();
+        program(&mut msix, 1, 0xfee0_0000, 0x31);
+        write_control(&mut msix, &mut config, cap, CONTROL_ENABLE);
+        assert!(msix.irqfd(1).is_some());
+        assert!(msix.irqfd(3).is_none(), "vector 3 does not exist");
+        // A backend's write while masked leaves no pending bit: the unmask must deliver.
+        set_vector_mask(&mut msix, 1, false);
+        set_vector_mask(&mut msix, 1, true);
+        set_vector_mask(&mut msix, 1, false);
+        assert_eq!(rec.triggered(), vec![1, 1]);
+        // Vectors whose irqfd nobody holds keep the pending-bit rule.
+        program(&mut msix, 0, 0xfee0_0000, 0x30);
+        set_vector_mask(&mut msix, 0, false);
+        assert_eq!(rec.triggered(), vec![1, 1]);
     }
 
     #[test]

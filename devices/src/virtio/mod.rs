@@ -5,6 +5,7 @@
 //! memory, the configured queues with their notification eventfds, and a [`VirtioInterrupt`]
 //! to signal used buffers and configuration changes.
 
+pub mod fs;
 pub mod net;
 pub mod pci;
 pub mod queue;
@@ -22,6 +23,7 @@ pub use pci::{QueueNotifier, VirtioPciDevice, VirtioPciError};
 
 /// Device types (virtio 1.2, 5).
 pub const TYPE_NET: u32 = 1;
+pub const TYPE_FS: u32 = 26;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub const STATUS_ACKNOWLEDGE: u8 = 1;
@@ -149,6 +151,15 @@ impl VirtioInterrupt {
             return Ok(());
         }
         self.signal_config()
+    }
+
+    /// The eventfd that raises `vector` without this process (a KVM irqfd), for a device whose
+    /// queues another process serves (vhost-user); `None` when the interrupt path has none.
+    pub fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        if vector == NO_VECTOR {
+            return None;
+        }
+        self.vectors.irqfd(vector)
     }
 
     pub fn needs_reset(&self) -> bool {

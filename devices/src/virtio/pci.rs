@@ -156,6 +156,8 @@ pub struct VirtioPciDevice {
 fn class_code(device_type: u32) -> u32 {
     match device_type {
         super::TYPE_NET => 0x02_00_00,
+        // Mass storage, other (what QEMU's vhost-user-fs-pci reports).
+        super::TYPE_FS => 0x01_80_00,
         // Anything else: "other" of the unclassified base class; drivers bind by id.
         _ => 0xff_00_00,
     }

@@ -20,6 +20,10 @@ pub enum ConfigError {
         "--net `{text}`: {reason}; the syntax is tap=NAME[,queues=PAIRS][,mac=52:54:00:12:34:56] or fd=N[,fd=M...][,mac=...]"
     )]
     Net { text: String, reason: String },
+    #[error(
+        "--fs `{text}`: {reason}; the syntax is tag=TAG,socket=PATH[,queues=N][,queue_size=M]"
+    )]
+    Fs { text: String, reason: String },
     #[error("--serial `{0}`: use stdout, off, or file=PATH")]
     Serial(String),
 }
@@ -130,6 +134,50 @@ fn claim_inherited_fds(numbers: &[&str]) -> Result<Vec<OwnedFd>, String> {
         .collect())
 }
 
+/// Request queues and descriptors per queue when `--fs` does not say.
+pub const FS_DEFAULT_QUEUES: usize = 1;
+pub const FS_DEFAULT_QUEUE_SIZE: u32 = 1024;
+
+/// `--fs tag=TAG,socket=PATH[,queues=N][,queue_size=M]`: a share served by the vhost-user-fs
+/// backend listening on PATH.
+pub fn parse_fs(text: &str) -> Result<vmm::fs::FsSpec, ConfigError> {
+    let fail = |reason: String| ConfigError::Fs {
+        text: text.to_string(),
+        reason,
+    };
+    let kv = KeyValues::parse(
+        "--fs",
+        text,
+        None,
+        &["tag", "socket", "queues", "queue_size"],
+    )?;
+    let tag = kv.get("tag").ok_or_else(|| fail("no tag".into()))?;
+    let socket = kv
+        .get("socket")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| fail("no socket: give the vhost-user-fs backend's socket".into()))?;
+    let number = |key: &str, default: u64| -> Result<u64, ConfigError> {
+        match kv.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| fail(format!("{key}=`{v}` is not a whole number"))),
+        }
+    };
+    let queues = number("queues", FS_DEFAULT_QUEUES as u64)?;
+    let queue_size = number("queue_size", u64::from(FS_DEFAULT_QUEUE_SIZE))?;
+    let config = vmm::fs::FsConfig::new(
+        tag,
+        usize::try_from(queues).unwrap_or(usize::MAX),
+        u32::try_from(queue_size).unwrap_or(u32::MAX),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    Ok(vmm::fs::FsSpec {
+        config,
+        socket: PathBuf::from(socket),
+    })
+}
+
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
@@ -212,6 +260,25 @@ mod tests {
         assert!(err("fd=1".into()).contains("stdin, stdout or stderr"));
         // SAFETY: closes the fd this test opened and still owns (the refusals above took none).
         unsafe { libc::close(c) };
+    }
+
+    #[test]
+    fn fs_syntax() {
+        let f = parse_fs("tag=data,socket=/run/vfs.sock").expect("fs");
+        assert_eq!(f.config.tag, "data");
+        assert_eq!(f.socket, PathBuf::from("/run/vfs.sock"));
+        assert_eq!((f.config.request_queues, f.config.queue_size), (1, 1024));
+        let f = parse_fs("socket=s,tag=t,queues=2,queue_size=256").expect("fs");
+        assert_eq!((f.config.request_queues, f.config.queue_size), (2, 256));
+        let err = |text: &str| parse_fs(text).unwrap_err().to_string();
+        assert!(err("socket=s").contains("no tag"));
+        assert!(err("tag=t").contains("no socket"));
+        assert!(err(&format!("tag={},socket=s", "x".repeat(37))).contains("more than the 36"));
+        assert!(err("tag=t,socket=s,queues=0").contains("queues=0"));
+        assert!(err("tag=t,socket=s,queue_size=1000").contains("power of two"));
+        assert!(err("tag=t,socket=s,queue_size=big").contains("not a whole number"));
+        assert!(err("tag=t,socket=s,cache=auto").contains("unknown key `cache`"));
+        assert!(err("data").contains("not key=value"));
     }
 
     #[test]

@@ -116,6 +116,7 @@ const EVERY_THREAD: &[Allow] = &[
     always("close", libc::SYS_close, "a thread drops its fds (the vCPU fd when its thread ends)"),
     arg_is("fcntl", libc::SYS_fcntl, 1, libc::F_GETFD as u64, "F_GETFD", "std checks an fd is open before closing it"),
     always("exit", libc::SYS_exit, "a thread ends"),
+    always("clock_gettime", libc::SYS_clock_gettime, "log timestamps and std's Instant (timed waits); a real system call where the clocksource has no vDSO path, as in the KVM test host"),
     always("exit_group", libc::SYS_exit_group, "the process ends (also the SIGSYS reporter's _exit)"),
 ];
 
@@ -201,16 +202,15 @@ const NET_WORKER: &[Allow] = &[
     arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETOFFLOAD, "TUNSETOFFLOAD", "guest offload changes (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET)"),
 ];
 
-/// The vhost-user frontend: the Unix socket to virtiofsd, fds passed with SCM_RIGHTS.
+/// A virtio-fs device's link to its vhost-user backend (devices/virtio/fs/link.rs). The socket is
+/// connected on the main thread before any filter, so this thread needs neither socket nor
+/// connect; it only talks over the connected socket and waits.
 #[rustfmt::skip]
 const VHOST_USER: &[Allow] = &[
-    always("read", libc::SYS_read, "eventfds"),
-    arg_is("socket", libc::SYS_socket, 0, libc::AF_UNIX as u64, "AF_UNIX", "the vhost-user socket; no other family"),
-    always("connect", libc::SYS_connect, "connect to the backend's socket"),
-    always("sendmsg", libc::SYS_sendmsg, "vhost-user messages with memory/eventfd fds"),
-    always("recvmsg", libc::SYS_recvmsg, "vhost-user replies"),
-    always("epoll_wait", libc::SYS_epoll_wait, "wait for the backend and the stop eventfd"),
-    always("epoll_ctl", libc::SYS_epoll_ctl, "watch the backend socket"),
+    always("read", libc::SYS_read, "its wake-up eventfd; after a backend hang-up, the queues' kick eventfds"),
+    always("poll", libc::SYS_poll, "wait for a request from the device, the backend hanging up, or (backend gone) guest kicks"),
+    always("sendmsg", libc::SYS_sendmsg, "vhost-user messages, with the guest RAM fds and the kick/call eventfds as SCM_RIGHTS"),
+    always("recvmsg", libc::SYS_recvmsg, "vhost-user replies (REPLY_ACK, GET_FEATURES, GET_VRING_BASE, ...)"),
 ];
 
 /// The bundled virtiofsd process (`paddock virtiofsd`): FUSE requests carried out with *at calls
@@ -366,8 +366,9 @@ mod tests {
     fn vcpu_list_is_the_smallest() {
         let vcpu = syscall_count(ThreadCategory::Vcpu);
         for c in ThreadCategory::ALL {
+            // The vhost-user link thread, which only talks over a connected socket, ties.
             if c != ThreadCategory::Vcpu {
-                assert!(syscall_count(c) > vcpu, "{c} is not larger than vcpu");
+                assert!(syscall_count(c) >= vcpu, "{c} is smaller than vcpu");
             }
         }
     }

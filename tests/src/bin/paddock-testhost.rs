@@ -24,6 +24,10 @@ struct Cli {
     /// for a QEMU peer); repeatable.
     #[arg(long = "layer")]
     layers: Vec<std::path::PathBuf>,
+    /// Another program to put on PATH there (with the libraries it needs), e.g.
+    /// target/virtiofsd/bin/virtiofsd. Repeatable.
+    #[arg(long = "with", value_name = "PATH")]
+    with: Vec<std::path::PathBuf>,
     /// The shell command.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -41,6 +45,9 @@ fn main() -> Result<ExitCode> {
             );
         }
         scenario.extra_layer(layer);
+    }
+    for b in &cli.with {
+        scenario.binary(b);
     }
     scenario.check(
         "command",

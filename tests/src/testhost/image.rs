@@ -185,6 +185,9 @@ pub struct PayloadSpec {
     pub guest_dir: PathBuf,
     /// (file name under `/scenario/`, contents); `run.sh` among them.
     pub scenario_files: Vec<(String, String)>,
+    /// More programs a scenario uses (a vhost-user backend such as virtiofsd), staged next to
+    /// `paddock` in `/opt/paddock/bin` under their own file names.
+    pub extra_binaries: Vec<PathBuf>,
     /// Shared libraries the binaries need that L1 lacks; staged in `/opt/paddock/lib`, which the
     /// scenario puts on LD_LIBRARY_PATH.
     pub extra_libs: Vec<PathBuf>,
@@ -290,6 +293,12 @@ pub fn stage(spec: &PayloadSpec, root: &Path) -> Result<(), ImageError> {
     mkdir(&checks)?;
     install_binary(&spec.paddock, &bin.join("paddock"))?;
     install_binary(&spec.paddock_bench, &bin.join("paddock-bench"))?;
+    for b in &spec.extra_binaries {
+        let name = b
+            .file_name()
+            .ok_or_else(|| ImageError::BinaryMissing(b.clone()))?;
+        install_binary(b, &bin.join(name))?;
+    }
     if !spec.extra_libs.is_empty() {
         let lib = root.join("opt/paddock/lib");
         mkdir(&lib)?;
@@ -363,6 +372,7 @@ mod tests {
             paddock_bench: exe,
             guest_dir: guest,
             scenario_files: vec![("run.sh".into(), "#!/bin/sh\necho hi\n".into())],
+            extra_binaries: vec![PathBuf::from("/bin/true")],
             extra_libs: Vec::new(),
         };
         let root = tmp.path().join("stage");
@@ -377,6 +387,7 @@ mod tests {
             .unwrap();
         let list = String::from_utf8_lossy(&list.stdout);
         assert!(list.contains("opt/paddock/bin/paddock-bench"), "{list}");
+        assert!(list.contains("opt/paddock/bin/true"), "{list}");
         assert!(list.contains("opt/paddock/guest/vmlinux"), "{list}");
         assert!(list
             .lines()

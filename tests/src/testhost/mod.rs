@@ -97,6 +97,7 @@ pub struct Scenario {
     limits: Limits,
     paddock: Option<PathBuf>,
     paddock_bench: Option<PathBuf>,
+    extra_binaries: Vec<PathBuf>,
     l1_cpus: u32,
     l1_memory_mib: u32,
     /// cpio archives added to L1's initramfs after the base (e.g. the QEMU layer for peers).
@@ -113,6 +114,7 @@ impl Scenario {
             limits: Limits::default(),
             paddock: None,
             paddock_bench: None,
+            extra_binaries: Vec::new(),
             l1_cpus: 2,
             l1_memory_mib: 4096,
             layers: Vec::new(),
@@ -176,6 +178,13 @@ impl Scenario {
     /// The `paddock-bench` binary (default: next to `paddock`).
     pub fn paddock_bench_bin(&mut self, path: &Path) -> &mut Self {
         self.paddock_bench = Some(path.to_path_buf());
+        self
+    }
+
+    /// Another program the checks run (e.g. virtiofsd): on PATH beside `paddock`, with the shared
+    /// libraries it needs that L1 lacks.
+    pub fn binary(&mut self, path: &Path) -> &mut Self {
+        self.extra_binaries.push(path.to_path_buf());
         self
     }
 
@@ -254,6 +263,7 @@ impl Scenario {
             paddock_bench,
             guest_dir,
             scenario_files: files,
+            extra_binaries: self.extra_binaries.clone(),
             extra_libs: Vec::new(),
         })
     }
@@ -356,8 +366,9 @@ impl Scenario {
         report.l1_build = Some(base.build_time);
         let present = image::libraries_in(&base.cpio)?;
         let mut spec = spec.clone();
-        spec.extra_libs =
-            image::missing_libraries(&[&spec.paddock, &spec.paddock_bench], &present)?;
+        let mut binaries = vec![spec.paddock.as_path(), spec.paddock_bench.as_path()];
+        binaries.extend(spec.extra_binaries.iter().map(PathBuf::as_path));
+        spec.extra_libs = image::missing_libraries(&binaries, &present)?;
         if !spec.extra_libs.is_empty() {
             eprintln!(
                 "testhost: L1 lacks {:?}; shipping them in /opt/paddock/lib",
@@ -685,6 +696,7 @@ mod tests {
             paddock_bench: exe,
             guest_dir: guest,
             scenario_files: Vec::new(),
+            extra_binaries: Vec::new(),
             extra_libs: Vec::new(),
         };
         spec.scenario_files.push((
