@@ -103,9 +103,15 @@ echo "ro_read=$(cat /mnt/file)"
 echo "ro_create=$(echo x 2>&1 > /mnt/new)"
 echo "ro_mkdir=$(mkdir /mnt/d 2>&1)"
 echo "ro_unlink=$(rm /mnt/file 2>&1)"
+# A driver reset (unbind) and a new activation (bind) of the device.
+umount /mnt; echo "umount=$?"
+d=$(ls /sys/bus/virtio/drivers/virtiofs | grep virtio)
+echo $d > /sys/bus/virtio/drivers/virtiofs/unbind; echo $d > /sys/bus/virtio/drivers/virtiofs/bind
+mount -t virtiofs ro /mnt; echo "remount=$?"
+echo "rebind_read=$(cat /mnt/file)"
 GUEST
 start_backend ro $R --readonly
-paddock run $GUEST_ARGS --fs tag=ro,socket=$HOME/ro.sock -- sh -c "mount -t virtiofs ro /mnt && sh /mnt/check.sh"
+paddock run $GUEST_ARGS --fs tag=ro,socket=$HOME/ro.sock -- sh -c "mount -t virtiofs ro /mnt && cp /mnt/check.sh /tmp && sh /tmp/check.sh"
 echo "paddock_status=$?"
 echo "host_ro=$(ls $R | tr '\n' ' ')"
 "#;
@@ -359,7 +365,7 @@ pub fn failures(report: &Report, backend: &FsBackend) -> Vec<String> {
     );
     expect(
         r,
-        field(r, "after").is_some_and(|v| v.contains("I/O error")),
+        field(r, "after").is_some_and(|v| v.contains("Input/output error")),
         "requests after the backend died fail with EIO in the guest",
     );
     expect(
