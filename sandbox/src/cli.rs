@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest. Without --kernel, boots the default guest and runs CMD in it.
     Run(Box<RunArgs>),
+    /// Check, for the user paddock runs as and the VM options given (the same as run's), whether
+    /// each need is met: one line each, with the fix; exits 1 when the VM could not run.
+    Check(Box<RunArgs>),
     /// Print the SELinux CIL module, the OpenShift SCC, or the seccomp filter table.
     Policy(PolicyArgs),
     /// Serve a host directory to a guest: the bundled vhost-user-fs backend (one share per process).
@@ -88,11 +91,13 @@ pub struct RunArgs {
     /// Kernel command line (replaces the default `console=ttyS0 panic=1 quiet ...`).
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
-    /// vCPUs: `N` or `boot=N`.
-    #[arg(long, value_name = "N", default_value = "1")]
+    /// vCPUs and their placement: `N`, or
+    /// `boot=N[,affinity=auto|0@[2],1@[3-4]...][,emulator=CPUS][,realtime=fifo:PRIO]`. See
+    /// docs/cpu-and-memory.md.
+    #[arg(long, value_name = "boot=N,...", default_value = "1")]
     pub cpus: String,
     /// Guest RAM: `size=S[,hugepages=2M|1G][,hugetlbfs=DIR][,prefault=on][,shared=on]`, or just
-    /// `S` (K, M, G suffixes; a bare number is MiB). See docs/memory.md.
+    /// `S` (K, M, G suffixes; a bare number is MiB). See docs/cpu-and-memory.md.
     #[arg(long, value_name = "size=S,...", default_value = "512M")]
     pub memory: String,
     /// A virtio-net device on an existing tap: `tap=NAME[,queues=PAIRS][,mac=MAC]`; PAIRS

@@ -1,8 +1,10 @@
 //! `paddock`: the rootless VMM's one binary.
 
+mod check;
 mod cli;
 mod config;
 mod default_guest;
+mod placement;
 mod policy;
 mod privilege;
 mod run;
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Run(args) => run::run(cli.user.as_deref(), *args),
+        cli::Command::Check(args) => check::check(cli.user.as_deref(), *args),
         cli::Command::Policy(args) => policy::print(&args),
         cli::Command::Virtiofsd(args) => virtiofsd::run(cli.user.as_deref(), args),
     }

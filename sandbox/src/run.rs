@@ -3,10 +3,10 @@
 use crate::cli::RunArgs;
 use crate::config::{self, SerialTarget};
 use crate::default_guest::{self, ExitWatcher, NO_STATUS};
+use crate::placement::{self, CpuOptions};
 use crate::privilege;
 use crate::seccomp;
 use crate::{EXIT_CANNOT_START, EXIT_GUEST_FAILED};
-use caps::CapsHashSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -35,17 +35,28 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(u) => u,
         Err(e) => return cannot_start(e),
     };
-    if let Err(e) = privilege::enter(user, &CapsHashSet::new()) {
+    // Parsing touches nothing; it decides which capabilities survive the drop.
+    let cpus = match CpuOptions::parse(&args.cpus) {
+        Ok(c) => c,
+        Err(e) => return cannot_start(e),
+    };
+    if let Err(e) = privilege::enter(user, &placement::needed_caps(&cpus)) {
+        return cannot_start(e);
+    }
+    let plan = match placement::prepare(&cpus) {
+        Ok(p) => p,
+        Err(e) => return cannot_start(e),
+    };
+    log::info!("placement: {}", plan.describe());
+    // Before the seccomp spawner starts: it and every thread it clones inherit the emulator CPUs.
+    if let Err(e) = placement::pin_emulator(&plan) {
         return cannot_start(e);
     }
     // Before any thread starts: every thread gets its filter as it is spawned.
     if let Err(e) = seccomp::enable(args.seccomp) {
         return cannot_start(e);
     }
-    let vcpus = match config::parse_cpus(&args.cpus) {
-        Ok(n) => n,
-        Err(e) => return cannot_start(e),
-    };
+    let vcpus = cpus.boot;
     let memory = match config::parse_memory(&args.memory) {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
@@ -106,6 +117,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         serial_in,
         nets,
         fses,
+        placement: plan.placement,
     };
     let mut vm = match Vm::create(cfg) {
         Ok(vm) => vm,

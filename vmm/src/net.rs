@@ -3,6 +3,7 @@
 
 use crate::interrupts::{GsiRouting, InterruptsError};
 use crate::memory::GuestMemoryMmap;
+use crate::pinning::Placement;
 use crate::threads::{self, ThreadCategory};
 use devices::pci::{BarAllocator, PciRoot};
 use devices::virtio::net::{Net, NetConfig, NetError, Tap, TapError};
@@ -93,19 +94,42 @@ pub enum NetAttachError {
     },
 }
 
-/// Queue workers start through `threads::spawn`, so each runs under the net-worker filter even
-/// though activation happens on a vCPU thread.
-struct NetWorkerThreads;
+/// Queue workers start through `threads::spawn_pinned`, so each runs under the net-worker filter
+/// even though activation happens on a vCPU thread, and worker i on vCPU i's CPUs when pinned.
+struct NetWorkerThreads {
+    placement: Arc<Placement>,
+}
 
-impl WorkerSpawner for NetWorkerThreads {
-    fn spawn(&self, name: String, work: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinWorker> {
-        let handle = threads::spawn(ThreadCategory::NetWorker, name.clone(), work)
+impl NetWorkerThreads {
+    fn start(
+        &self,
+        pair: Option<usize>,
+        name: String,
+        work: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<JoinWorker> {
+        let pin = pair.and_then(|p| self.placement.net_worker(p));
+        let handle = threads::spawn_pinned(ThreadCategory::NetWorker, name.clone(), pin, work)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Box::new(move || {
             if handle.join().is_err() {
                 log::error!("net worker {name} panicked");
             }
         }))
+    }
+}
+
+impl WorkerSpawner for NetWorkerThreads {
+    fn spawn(&self, name: String, work: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinWorker> {
+        self.start(None, name, work)
+    }
+
+    fn spawn_for_pair(
+        &self,
+        pair: usize,
+        name: String,
+        work: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<JoinWorker> {
+        self.start(Some(pair), name, work)
     }
 }
 
@@ -129,13 +153,15 @@ pub struct NetContext<'a> {
     pub allocator: &'a mut BarAllocator,
     pub mem: &'a GuestMemoryMmap,
     pub vcpus: usize,
+    pub placement: &'a Arc<Placement>,
 }
 
-/// The tap queues of one `--net`: opened by name, one per pair, or adopted from inherited fds.
-fn tap_queues(spec: NetSpec, vcpus: usize, net: &str) -> Result<Vec<Tap>, NetAttachError> {
-    let net = || net.to_string();
-    match spec.tap {
-        TapSource::Name(name) => {
+/// The queue pairs `spec` gets with `vcpus` vCPUs: one per vCPU (or per inherited fd) unless
+/// given, never more than the vCPUs. `paddock run` and `paddock check` both ask this.
+pub fn queue_pairs(spec: &NetSpec, vcpus: usize) -> Result<usize, NetAttachError> {
+    let net = || spec.tap.to_string();
+    match &spec.tap {
+        TapSource::Name(_) => {
             let pairs = spec.queue_pairs.unwrap_or(vcpus);
             if pairs == 0 {
                 return Err(NetAttachError::NoPairs { net: net() });
@@ -147,7 +173,7 @@ fn tap_queues(spec: NetSpec, vcpus: usize, net: &str) -> Result<Vec<Tap>, NetAtt
                     vcpus,
                 });
             }
-            Tap::open_queues(&name, pairs)
+            Ok(pairs)
         }
         TapSource::Fds(fds) => {
             if let Some(asked) = spec.queue_pairs.filter(|&q| q != fds.len()) {
@@ -164,10 +190,20 @@ fn tap_queues(spec: NetSpec, vcpus: usize, net: &str) -> Result<Vec<Tap>, NetAtt
                     vcpus,
                 });
             }
-            Tap::from_fds(fds)
+            Ok(fds.len())
         }
     }
-    .map_err(|source| NetAttachError::Tap { net: net(), source })
+}
+
+/// The tap queues of one `--net`: opened by name, one per pair, or adopted from inherited fds.
+pub fn tap_queues(spec: NetSpec, vcpus: usize) -> Result<Vec<Tap>, NetAttachError> {
+    let net = spec.tap.to_string();
+    let pairs = queue_pairs(&spec, vcpus)?;
+    match spec.tap {
+        TapSource::Name(name) => Tap::open_queues(&name, pairs),
+        TapSource::Fds(fds) => Tap::from_fds(fds),
+    }
+    .map_err(|source| NetAttachError::Tap { net, source })
 }
 
 /// Opens (or adopts) the tap's queues and plugs device `net{index}` into the root bus.
@@ -175,13 +211,16 @@ pub fn attach(ctx: &mut NetContext<'_>, index: usize, spec: NetSpec) -> Result<(
     let label = spec.tap.to_string();
     let tap = || label.clone();
     let mac = spec.mac;
-    let taps = tap_queues(spec, ctx.vcpus, &label)?;
+    let taps = tap_queues(spec, ctx.vcpus)?;
     let config = NetConfig {
         mac: mac.unwrap_or_else(|| default_mac(index)),
         queue_size: QUEUE_SIZE,
         name: format!("net{index}"),
     };
-    let net = Net::new(config, taps, Arc::new(NetWorkerThreads))
+    let workers = NetWorkerThreads {
+        placement: ctx.placement.clone(),
+    };
+    let net = Net::new(config, taps, Arc::new(workers))
         .map_err(|source| NetAttachError::Device { net: tap(), source })?;
     // The transport gives every queue a vector plus one for configuration changes.
     let vectors = net.queue_max_sizes().len() as u16 + 1;

@@ -10,6 +10,7 @@
 //! spawner over a channel and waits for the new thread's filter result: every thread thus runs
 //! under exactly its own category's list, and no other thread needs `clone`.
 
+use crate::pinning::ThreadPin;
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
@@ -114,6 +115,8 @@ pub enum ThreadError {
         category: ThreadCategory,
         reason: String,
     },
+    #[error("thread `{name}`: placing it failed, it did not run: {reason}")]
+    Pin { name: String, reason: String },
     #[error("thread `{name}` ended before reporting its seccomp filter (it panicked while installing it)")]
     Vanished { name: String },
     #[error("{category} seccomp filter for the calling thread: {reason}")]
@@ -135,6 +138,7 @@ pub fn set_filter_installer(installer: FilterInstaller) -> Result<(), ThreadErro
     let _detached = spawn_here(
         ThreadCategory::Spawner,
         SPAWNER_THREAD_NAME.into(),
+        None,
         move || {
             // Ends when every sender is gone, i.e. never while the process runs.
             for job in inbox {
@@ -197,6 +201,21 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    spawn_pinned(category, name, None, f)
+}
+
+/// [`spawn`], with the new thread first placed by `pin` (its CPUs, SCHED_FIFO): inside the thread,
+/// before its filter, so it never runs its work, nor guest code, anywhere else.
+pub fn spawn_pinned<F, T>(
+    category: ThreadCategory,
+    name: impl Into<String>,
+    pin: Option<ThreadPin>,
+    f: F,
+) -> Result<ThreadHandle<T>, ThreadError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
     let name = name.into();
     if !ThreadCategory::SPAWNABLE.contains(&category) {
         // The spawner's list is the union of all others: no worker may run under it; virtiofsd
@@ -205,13 +224,13 @@ where
     }
     let Some(spawner) = SPAWNER.get() else {
         // No filters in this process: nothing narrows, the caller can clone directly.
-        return spawn_here(category, name, f);
+        return spawn_here(category, name, pin, f);
     };
     let (reply, outcome) = mpsc::sync_channel(1);
     let job_name = name.clone();
     let job: SpawnJob = Box::new(move || {
         // The caller waits on this; if it is gone, the thread still runs detached.
-        let _ = reply.send(spawn_here(category, job_name, f));
+        let _ = reply.send(spawn_here(category, job_name, pin, f));
     });
     spawner
         .send(job)
@@ -221,22 +240,39 @@ where
         .map_err(|_| ThreadError::SpawnerGone { name })?
 }
 
-/// Clones the thread from the calling thread and waits for its filter result.
+/// How a new thread's set-up went, reported to the thread that asked for it.
+enum Startup {
+    Ready,
+    Pin(String),
+    Filter(String),
+}
+
+/// Clones the thread from the calling thread and waits for its placement and filter result.
 fn spawn_here<F, T>(
     category: ThreadCategory,
     name: String,
+    pin: Option<ThreadPin>,
     f: F,
 ) -> Result<ThreadHandle<T>, ThreadError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let (report, installed) = mpsc::sync_channel::<Result<(), String>>(1);
+    let (report, installed) = mpsc::sync_channel::<Startup>(1);
     let inner = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            let result = run_installer(category);
-            let ok = result.is_ok();
+            // Placement first: it runs under the filter inherited from the spawner, which allows
+            // it, so the thread's own filter need not.
+            let placed = pin.map_or(Ok(()), |p| p.apply());
+            let result = match placed {
+                Err(e) => Startup::Pin(e.to_string()),
+                Ok(()) => match run_installer(category) {
+                    Ok(()) => Startup::Ready,
+                    Err(reason) => Startup::Filter(reason),
+                },
+            };
+            let ok = matches!(result, Startup::Ready);
             // The spawner waits on this; if it is gone, nobody needs the outcome.
             let _ = report.send(result);
             drop(report);
@@ -247,8 +283,12 @@ where
             source,
         })?;
     match installed.recv() {
-        Ok(Ok(())) => Ok(ThreadHandle { inner }),
-        Ok(Err(reason)) => {
+        Ok(Startup::Ready) => Ok(ThreadHandle { inner }),
+        Ok(Startup::Pin(reason)) => {
+            let _ = inner.join();
+            Err(ThreadError::Pin { name, reason })
+        }
+        Ok(Startup::Filter(reason)) => {
             // The thread ends by itself without running `f`; its result carries nothing.
             let _ = inner.join();
             Err(ThreadError::Filter {

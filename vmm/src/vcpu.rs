@@ -1,5 +1,6 @@
 //! vCPU threads: each runs KVM_RUN in a loop and dispatches port-I/O and MMIO exits to the buses.
 
+use crate::pinning::ThreadPin;
 use crate::threads::{self, ThreadCategory, ThreadHandle};
 use devices::{Bus, ExitRequest, ExitSignal};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -94,6 +95,8 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub control: Arc<RunControl>,
+    /// Its CPUs and scheduling policy, set in its thread before it first enters KVM_RUN.
+    pub pin: Option<ThreadPin>,
 }
 
 /// A running vCPU thread.
@@ -119,12 +122,14 @@ impl VcpuHandle {
 }
 
 impl Vcpu {
-    /// Starts the vCPU on a thread named `CPU N/KVM`, as QEMU names them.
-    pub fn start(self) -> std::io::Result<VcpuHandle> {
+    /// Starts the vCPU on a thread named `CPU N/KVM`, as QEMU names them, placed by its pin.
+    pub fn start(mut self) -> std::io::Result<VcpuHandle> {
         install_kick_handler()?;
-        let thread = threads::spawn(
+        let pin = self.pin.take();
+        let thread = threads::spawn_pinned(
             ThreadCategory::Vcpu,
             format!("CPU {}/KVM", self.id),
+            pin,
             move || self.run_loop(),
         )
         .map_err(std::io::Error::other)?;

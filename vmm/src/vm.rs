@@ -6,6 +6,7 @@ use crate::interrupts::GsiRouting;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryConfig, MemoryError};
 use crate::net::{self, NetAttachError, NetContext, NetSpec};
+use crate::pinning::Placement;
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
 use devices::legacy;
 use devices::legacy::serial::{SerialConsole, SERIAL_PORT_SPAN};
@@ -42,6 +43,8 @@ pub struct VmConfig {
     pub nets: Vec<NetSpec>,
     /// One virtio-fs device per entry (`--fs`), each served by a vhost-user-fs backend.
     pub fses: Vec<FsSpec>,
+    /// Where vCPU threads and net queue workers run (`--cpus affinity=,realtime=`).
+    pub placement: Placement,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +160,6 @@ impl Vm {
             }
             None => None,
         };
-        memory::check_size(cfg.memory.size)?;
         fs::check_tags(&cfg.fses)?;
         // A vhost-user backend maps guest RAM itself: it must be a file, mapped shared.
         if !cfg.fses.is_empty() && !cfg.memory.shared {
@@ -207,7 +209,16 @@ impl Vm {
         let mmio = Arc::new(Bus::new());
         let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
         let pci = add_pci_root(&pio, &mmio)?;
-        add_pci_devices(&vm_fd, &pci, &mem, cfg.nets, &cfg.fses, cfg.vcpus.into())?;
+        let placement = Arc::new(cfg.placement);
+        add_pci_devices(
+            &vm_fd,
+            &pci,
+            &mem,
+            cfg.nets,
+            &cfg.fses,
+            cfg.vcpus.into(),
+            &placement,
+        )?;
         if let Some(input) = cfg.serial_in {
             spawn_serial_input(serial, input).map_err(io("starting the serial input thread"))?;
         }
@@ -225,6 +236,7 @@ impl Vm {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 control: control.clone(),
+                pin: placement.vcpu(id.into()).cloned(),
             });
         }
 
@@ -319,6 +331,7 @@ fn add_pci_devices(
     nets: Vec<NetSpec>,
     fses: &[FsSpec],
     vcpus: usize,
+    placement: &Arc<Placement>,
 ) -> Result<(), VmError> {
     if nets.is_empty() && fses.is_empty() {
         return Ok(());
@@ -342,6 +355,7 @@ fn add_pci_devices(
         allocator: &mut allocator,
         mem,
         vcpus,
+        placement,
     };
     for (index, spec) in nets.into_iter().enumerate() {
         net::attach(&mut ctx, index, spec)?;

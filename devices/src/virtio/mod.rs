@@ -174,6 +174,16 @@ pub type JoinWorker = Box<dyn FnOnce() + Send>;
 /// first (`vmm::threads::spawn`); [`StdThreads`] just starts a named thread.
 pub trait WorkerSpawner: Send + Sync {
     fn spawn(&self, name: String, work: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinWorker>;
+
+    /// Starts the worker of queue pair `pair`, which the VMM may place next to vCPU `pair`.
+    fn spawn_for_pair(
+        &self,
+        _pair: usize,
+        name: String,
+        work: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<JoinWorker> {
+        self.spawn(name, work)
+    }
 }
 
 /// Plain named `std::thread`s.

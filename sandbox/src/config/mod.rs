@@ -14,8 +14,6 @@ pub enum ConfigError {
     KeyValue(#[from] KeyValueError),
     #[error(transparent)]
     Memory(OptionError),
-    #[error("--cpus `{0}`: give a whole number of vCPUs from 1 to 255, e.g. --cpus 2")]
-    Cpus(String),
     #[error(
         "--net `{text}`: {reason}; the syntax is tap=NAME[,queues=PAIRS][,mac=52:54:00:12:34:56] or fd=N[,fd=M...][,mac=...]"
     )]
@@ -32,13 +30,6 @@ pub enum SerialTarget {
     Stdout,
     File(PathBuf),
     Off,
-}
-
-pub fn parse_cpus(text: &str) -> Result<u8, ConfigError> {
-    let kv = KeyValues::parse("--cpus", text, Some("boot"), &["boot"])?;
-    let boot = kv.get("boot").unwrap_or_default();
-    boot.parse::<u8>()
-        .map_err(|_| ConfigError::Cpus(boot.to_string()))
 }
 
 /// `--memory size=S[,hugepages=2M|1G][,hugetlbfs=DIR][,prefault=on][,shared=on]`, or a bare size.
@@ -281,14 +272,7 @@ mod tests {
         assert!(err("data").contains("not key=value"));
     }
 
-    #[test]
-    fn cpus_and_memory() {
-        assert_eq!(parse_cpus("2").unwrap(), 2);
-        assert_eq!(parse_cpus("boot=4").unwrap(), 4);
-        assert_eq!(parse_cpus("0").unwrap(), 0);
-        assert!(parse_cpus("4096").is_err());
-        assert!(parse_cpus("two").is_err());
-        assert!(parse_cpus("boot=2,color=red").is_err());
+    fn memory_and_serial() {
         assert_eq!(parse_memory("size=1G").unwrap().size, 1 << 30);
         assert_eq!(parse_memory("256M").unwrap().size, 256 << 20);
         assert!(parse_memory("12XB").is_err());

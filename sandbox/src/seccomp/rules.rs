@@ -154,6 +154,8 @@ const SPAWNER: &[Allow] = &[
     arg_is("seccomp", libc::SYS_seccomp, 0, libc::SECCOMP_SET_MODE_FILTER as u64, "SECCOMP_SET_MODE_FILTER", "the new thread installs its own, narrower filter"),
     always("sched_getaffinity", libc::SYS_sched_getaffinity, "std/glibc read the CPU mask when a thread starts"),
     always("gettid", libc::SYS_gettid, "std records the new thread's id"),
+    arg_is("sched_setaffinity", libc::SYS_sched_setaffinity, 0, 0, "the calling thread", "--cpus affinity=/emulator=: a new vCPU or net worker pins itself before its own filter goes on (own threads within the cpuset: no capability)"),
+    arg_is("sched_setscheduler", libc::SYS_sched_setscheduler, 0, 0, "the calling thread", "--cpus realtime=fifo:PRIO: a new vCPU thread sets SCHED_FIFO before its own filter goes on (needs CAP_SYS_NICE or RLIMIT_RTPRIO)"),
 ];
 
 /// The main thread after the VM runs (wait, kick, tear down) and the console input thread. It

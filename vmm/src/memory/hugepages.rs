@@ -137,7 +137,7 @@ fn cgroup_file_prefix(page: u64) -> String {
 }
 
 /// This process's cgroup v2 directory, from the `0::PATH` line.
-fn own_cgroup_dir(paths: &HostPaths) -> Result<Option<PathBuf>, PreflightError> {
+pub fn own_cgroup_dir(paths: &HostPaths) -> Result<Option<PathBuf>, PreflightError> {
     let Some(mount) = &paths.cgroup2_mount else {
         return Ok(None);
     };
@@ -148,31 +148,52 @@ fn own_cgroup_dir(paths: &HostPaths) -> Result<Option<PathBuf>, PreflightError> 
         .map(|rel| mount.join(rel.trim_start_matches('/'))))
 }
 
-/// Checks the pod's hugetlb limit, if its cgroup has one for this page size.
-fn check_cgroup(paths: &HostPaths, page: u64, need: u64) -> Result<(), PreflightError> {
+/// A hugetlb cgroup limit for one page size, in bytes as the controller counts them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupLimit {
+    /// The `hugetlb.<size>.max` file.
+    pub file: PathBuf,
+    pub max: u64,
+    pub current: u64,
+}
+
+impl CgroupLimit {
+    /// Pages of `page` bytes this cgroup may still take.
+    pub fn room(&self, page: u64) -> u64 {
+        self.max.saturating_sub(self.current) / page
+    }
+}
+
+/// This process's hugetlb cgroup limit for `page`; `None` when there is no cgroup v2, no hugetlb
+/// controller on its cgroup, or the limit is `max`.
+pub fn cgroup_limit(paths: &HostPaths, page: u64) -> Result<Option<CgroupLimit>, PreflightError> {
     let Some(dir) = own_cgroup_dir(paths)? else {
-        return Ok(());
+        return Ok(None);
     };
     let prefix = cgroup_file_prefix(page);
-    let max_file = dir.join(format!("{prefix}.max"));
-    if !max_file.exists() {
-        return Ok(());
+    let file = dir.join(format!("{prefix}.max"));
+    if !file.exists() || read_text(&file)?.trim() == "max" {
+        return Ok(None);
     }
-    let max_text = read_text(&max_file)?;
-    if max_text.trim() == "max" {
-        return Ok(());
-    }
-    let max = read_count(&max_file)?;
+    let max = read_count(&file)?;
     let current = read_count(&dir.join(format!("{prefix}.current")))?;
-    let room = max.saturating_sub(current) / page;
+    Ok(Some(CgroupLimit { file, max, current }))
+}
+
+/// Checks the pod's hugetlb limit, if its cgroup has one for this page size.
+fn check_cgroup(paths: &HostPaths, page: u64, need: u64) -> Result<(), PreflightError> {
+    let Some(limit) = cgroup_limit(paths, page)? else {
+        return Ok(());
+    };
+    let room = limit.room(page);
     if room < need {
         return Err(PreflightError::CgroupLimit {
             need,
             page: human_size(page),
             room,
-            file: max_file,
-            max,
-            current,
+            file: limit.file,
+            max: limit.max,
+            current: limit.current,
         });
     }
     Ok(())

@@ -73,6 +73,48 @@ pub fn mount_page_size(dir: &Path, asked: Option<u64>) -> Result<u64, HugetlbfsE
     }
 }
 
+/// Whether this process may create its per-VM directory under the mount `dir`.
+pub fn check_writable(dir: &Path) -> Result<(), HugetlbfsError> {
+    let denied = |source| HugetlbfsError::Create {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| denied(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: `c_dir` is a NUL-terminated path; faccessat only reads it. AT_EACCESS checks with
+    // the effective ids, the ones mkdir will use.
+    let ret = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c_dir.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if ret != 0 {
+        return Err(denied(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Every hugetlbfs mount point this process sees, from `/proc/self/mountinfo`.
+pub fn mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "hugetlbfs" {
+                return None;
+            }
+            // Mount points escape spaces as \040; such a path is rare enough to skip.
+            left.split_whitespace()
+                .nth(4)
+                .filter(|p| !p.contains('\\'))
+                .map(PathBuf::from)
+        })
+        .collect()
+}
+
 /// `paddock-<pid>-<random>`: unique per VM even when pods share a mount.
 fn vm_dir_name() -> String {
     let mut random = [0u8; 8];

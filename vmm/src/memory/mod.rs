@@ -96,44 +96,61 @@ pub fn create(
     create_on(&HostPaths::system(), config, ranges)
 }
 
+/// Everything about `config`'s backing that can be checked without creating it: the host's size,
+/// the hugetlbfs mount and its page size, free hugepages and the cgroup limit. Returns the page size
+/// the RAM will have. `paddock run` (through [`create_on`]) and `paddock check` both use it.
+pub fn preflight(
+    host: &HostPaths,
+    config: &MemoryConfig,
+    ranges: &[(GuestAddress, usize)],
+) -> Result<u64, MemoryError> {
+    check_size(ranges.iter().map(|r| r.1 as u64).sum())?;
+    let page = match config.backend() {
+        Backend::Anonymous | Backend::Memfd { hugepages: None } => return Ok(base_page_size()),
+        Backend::Memfd {
+            hugepages: Some(page),
+        } => page,
+        Backend::Hugetlbfs { dir, hugepages } => {
+            let page = hugetlbfs::mount_page_size(dir, hugepages)?;
+            hugetlbfs::check_writable(dir)?;
+            page
+        }
+    };
+    hugepages::preflight(host, page, ranges)?;
+    Ok(page)
+}
+
 /// [`create`] with the host's hugepage accounting read from `host`.
 ///
-/// Order: check everything that can be checked, then make the backing file, map it (which reserves
-/// hugepages), remove the file's name, and finally prefault. Every object made on the way is owned
-/// by a value that closes or removes it when an error returns early.
+/// Order: check everything that can be checked ([`preflight`]), then make the backing file, map it
+/// (which reserves hugepages), remove the file's name, and finally prefault. Every object made on
+/// the way is owned by a value that closes or removes it when an error returns early.
 pub fn create_on(
     host: &HostPaths,
     config: &MemoryConfig,
     ranges: &[(GuestAddress, usize)],
 ) -> Result<GuestMemoryMmap, MemoryError> {
     let size: u64 = ranges.iter().map(|r| r.1 as u64).sum();
-    let (mem, page) = match config.backend() {
+    let page = preflight(host, config, ranges)?;
+    let mem = match config.backend() {
         Backend::Anonymous => {
             let mapping = map::Mapping {
                 file: None,
                 shared: false,
                 hugepages: None,
             };
-            (mapping.map(ranges)?, base_page_size())
+            mapping.map(ranges)?
         }
         Backend::Memfd { hugepages } => {
-            if let Some(page) = hugepages {
-                hugepages::preflight(host, page, ranges)?;
-            }
             let file = Arc::new(memfd::create(size, hugepages)?);
             let mapping = map::Mapping {
                 file: Some(&file),
                 shared: config.shared,
                 hugepages,
             };
-            (
-                mapping.map(ranges)?,
-                hugepages.unwrap_or_else(base_page_size),
-            )
+            mapping.map(ranges)?
         }
-        Backend::Hugetlbfs { dir, hugepages } => {
-            let page = hugetlbfs::mount_page_size(dir, hugepages)?;
-            hugepages::preflight(host, page, ranges)?;
+        Backend::Hugetlbfs { dir, .. } => {
             let (vm_dir, file) = hugetlbfs::VmDir::create(dir, size)?;
             let file = Arc::new(file);
             let mapping = map::Mapping {
@@ -143,7 +160,7 @@ pub fn create_on(
             };
             let mem = mapping.map(ranges)?;
             vm_dir.remove()?;
-            (mem, page)
+            mem
         }
     };
     if config.prefault {

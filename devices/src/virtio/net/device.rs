@@ -203,7 +203,8 @@ impl Net {
             let thread_name = name.clone();
             let join = self
                 .spawner
-                .spawn(
+                .spawn_for_pair(
+                    index,
                     name.clone(),
                     Box::new(move || {
                         if let Err(e) = worker.run() {
