@@ -35,6 +35,8 @@ done
 [ -n "$SETPRIV" ] || { echo "no util-linux setpriv"; exit 15; }
 AS_USER="$SETPRIV --reuid=1000 --regid=$KVM_GID --clear-groups"
 GUEST_ARGS="--kernel $GUEST/vmlinuz --initramfs $GUEST/initramfs.cpio.gz"
+# HOME is shared by the checks of a scenario: no check may see another's guest output.
+rm -f "$HOME/out"
 wait_for() { i=0; while [ $i -lt 900 ]; do grep -q "$1" "$2" 2>/dev/null && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
 threads() {
     for t in /proc/$1/task/*; do
