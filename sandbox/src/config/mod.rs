@@ -272,6 +272,7 @@ mod tests {
         assert!(err("data").contains("not key=value"));
     }
 
+    #[test]
     fn memory_and_serial() {
         assert_eq!(parse_memory("size=1G").unwrap().size, 1 << 30);
         assert_eq!(parse_memory("256M").unwrap().size, 256 << 20);
