@@ -3,7 +3,9 @@
 //! `paddock --user 1000:kvm run --cpus 2 --net tap=tap0` gives the guest eth0 with 2 RX + 2 TX
 //! queues and a separate MSI-X interrupt per queue. Traffic goes both ways: ping from the guest
 //! and from L1, iperf3 with the guest as client (both directions) and as server; `ethtool -L`
-//! switches to 1 pair and back to 2 with traffic after each change. Bad taps (missing, without
+//! switches to 1 pair and back to 2 with traffic after each change; the guest unbinds and binds
+//! the driver (a device reset: workers stopped and joined, then started again) and traffic goes
+//! on; workers stop when the VM ends. Bad taps (missing, without
 //! multi_queue, another user's) and more pairs than vCPUs are refused with exit 2 and one line
 //! naming the tap and the fix. No traffic leaves the L1.
 //!
@@ -47,12 +49,16 @@ iperf3 -c 192.168.100.1 -t 2 -f k | grep -E 'sender|receiver' | sed 's/^/pairs1 
 ethtool -L eth0 combined 2; echo set2_status=\\$?; \
 echo combined2=\\$(ethtool -l eth0 | awk '/Combined/{c=\\$2}END{print c}'); \
 ping -c 2 -W 5 192.168.100.1; echo ping2_status=\\$?; \
+d=\\$(cd /sys/bus/pci/drivers/virtio-pci && ls -d 0000:*); \
+echo \\$d > /sys/bus/pci/drivers/virtio-pci/unbind; echo \\$d > /sys/bus/pci/drivers/virtio-pci/bind; \
+echo rebind_status=\\$?; ip addr add 192.168.100.2/24 dev eth0; ip link set eth0 up; \
+ping -c 2 -W 5 192.168.100.1; echo ping3_status=\\$?; \
 echo guest-serving; iperf3 -s -1 -f k > /dev/null; echo guest_server_status=\\$?";
 
 /// L1's side of the traffic check: an iperf3 server for the guest, then, once the guest serves,
 /// a ping to it and an iperf3 client against it.
 const TRAFFIC_SCRIPT: &str = r#"iperf3 -s -D -B 192.168.100.1 --pidfile "$HOME/iperf3.pid" || exit 13
-$PADDOCK run $GUEST_ARGS --net tap=tap0 -- sh -c "GUEST_COMMAND" > "$HOME/guest.out" 2>&1 &
+PADDOCK_LOG=devices::virtio::net=info $PADDOCK run $GUEST_ARGS --net tap=tap0 -- sh -c "GUEST_COMMAND" > "$HOME/guest.out" 2>&1 &
 if wait_for guest-serving "$HOME/guest.out"; then
     ping -c 3 -W 5 192.168.100.2; echo l1_ping_status=$?
     # The guest's server may need a moment to listen after its marker.
@@ -156,6 +162,14 @@ fn two_queue_pairs_carry_traffic_both_ways_and_bad_taps_are_refused() {
         ("set2_status=", "ethtool -L eth0 combined 2 must succeed"),
         ("ping2_status=", "ping must work again with 2 queue pairs"),
         (
+            "rebind_status=",
+            "the guest must unbind (device reset) and bind virtio-pci again",
+        ),
+        (
+            "ping3_status=",
+            "ping must work after the driver reset and re-activated the device",
+        ),
+        (
             "guest_server_status=",
             "the guest's iperf3 server must serve L1's client",
         ),
@@ -188,6 +202,23 @@ fn two_queue_pairs_carry_traffic_both_ways_and_bad_taps_are_refused() {
                 r,
             );
         }
+    }
+
+    // Workers are stopped and joined at reset and when the VM ends: each logs as it stops
+    // (twice: the guest's unbind, then the power-off).
+    for worker in ["net0-qp0", "net0-qp1"] {
+        let stops = r
+            .stdout
+            .lines()
+            .filter(|l| l.ends_with(&format!("{worker}: stopped")))
+            .count();
+        expect(
+            stops == 2,
+            &format!(
+                "{worker} must stop at the driver reset and at the VM's end, stopped {stops} times"
+            ),
+            r,
+        );
     }
 
     let refusals = [

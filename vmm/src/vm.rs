@@ -297,6 +297,8 @@ impl Vm {
             }
         };
         self.stop_vcpus();
+        // Device threads (net queue workers) end and are joined before the process exits.
+        self._pci.stop_devices();
         outcome
     }
 

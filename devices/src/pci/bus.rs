@@ -85,6 +85,10 @@ pub trait PciDevice: Send {
     /// Guest access at `offset` inside BAR `bar`.
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]);
     fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]);
+
+    /// The VM is ending (its vCPUs have stopped): stop the threads the device runs, and return
+    /// once they have ended.
+    fn stop(&mut self) {}
 }
 
 /// Puts BARs where the guest sees them (implemented by the VMM, or [`MmioBarMapper`]).
@@ -200,6 +204,21 @@ impl PciRoot {
         }
         slots[usize::from(slot)] = Some(device);
         Ok(slot)
+    }
+
+    /// Stops every device (see [`PciDevice::stop`]); called once the vCPUs have stopped.
+    pub fn stop_devices(&self) {
+        let devices: Vec<SharedDevice> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for device in devices {
+            lock(&device).stop();
+        }
     }
 
     fn device(&self, bus: u8, slot: u8, function: u8) -> Option<SharedDevice> {

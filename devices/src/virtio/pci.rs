@@ -582,10 +582,9 @@ impl VirtioPciDevice {
         for q in &mut self.queues {
             *q = QueueConfig::new(q.max_size);
         }
-        for event in &self.notify {
-            // Drop notifications the old driver left behind (non-blocking: EAGAIN when none).
-            let _ = event.read();
-        }
+        // Notifications the old driver left in the eventfds stay: a device reads them at its
+        // next activation as one spurious kick, which finds nothing new, and the vCPU thread
+        // doing this reset makes no read of its own.
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.driver_features = 0;
@@ -653,6 +652,15 @@ impl PciDevice for VirtioPciDevice {
         } else if offset >= DEVICE_CONFIG_OFFSET && end <= DEVICE_CONFIG_OFFSET + DEVICE_CONFIG_LEN
         {
             self.device.read_config(offset - DEVICE_CONFIG_OFFSET, data);
+        }
+    }
+
+    /// The device model stops its workers as on a driver reset; the transport's registers no
+    /// longer matter.
+    fn stop(&mut self) {
+        if self.active {
+            self.device.reset();
+            self.active = false;
         }
     }
 

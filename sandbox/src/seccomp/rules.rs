@@ -128,16 +128,12 @@ const VCPU: &[Allow] = &[
     arg_is("ioctl", libc::SYS_ioctl, 1, KVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING", "the guest programs an MSI-X vector (an MMIO write): vmm/interrupts.rs rewrites the routing table"),
 ];
 
-/// vCPU threads, while a device is active: DRIVER_OK is an MMIO write handled on the vCPU, and
-/// virtio-net activation sets up its queue workers there before the spawner starts them.
+/// vCPU threads, while a device is active: DRIVER_OK is an MMIO write handled on the vCPU. The
+/// device's own set-up (epoll sets, tap offloads and queue attach state) runs on its worker
+/// threads; a reset only stops and joins them (an eventfd write and futex waits).
 #[rustfmt::skip]
 const VCPU_DEVICE_ACTIVATION: &[Allow] = &[
-    arg_is("fcntl", libc::SYS_fcntl, 1, libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC", "the transport hands each queue a copy of its notify eventfd"),
-    always("read", libc::SYS_read, "a device reset (status 0, the driver's first step) drains each queue's notify eventfd (virtio/pci.rs reset)"),
-    always("epoll_create1", libc::SYS_epoll_create1, "net activation creates each queue worker's epoll set (worker.rs Worker::new)"),
-    always("epoll_ctl", libc::SYS_epoll_ctl, "net activation adds the queue eventfds to that set"),
-    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETOFFLOAD, "TUNSETOFFLOAD", "net activation applies the negotiated offloads to each tap queue"),
-    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETQUEUE, "TUNSETQUEUE", "net activation attaches queue 0 and detaches the rest: seed `tun_socket attach_queue`"),
+    arg_is("fcntl", libc::SYS_fcntl, 1, libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC", "at DRIVER_OK the transport hands each queue a copy of its notify eventfd (virtio/pci.rs activate)"),
 ];
 
 /// What the spawner thread needs to start others (and have them install their own filters); a new
@@ -198,10 +194,11 @@ const NET_WORKER: &[Allow] = &[
     always("read", libc::SYS_read, "tap frames to the guest; ioeventfd kicks"),
     always("readv", libc::SYS_readv, "tap frames into scattered guest buffers"),
     always("writev", libc::SYS_writev, "guest frames to the tap with their virtio-net header"),
+    always("epoll_create1", libc::SYS_epoll_create1, "each worker creates its own epoll set as it starts (worker.rs Worker::set_up)"),
     always("epoll_wait", libc::SYS_epoll_wait, "wait for the tap and the queue's ioeventfd"),
-    always("epoll_ctl", libc::SYS_epoll_ctl, "toggle tap readiness interest as RX buffers come and go"),
-    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETQUEUE, "TUNSETQUEUE", "VIRTIO_NET_CTRL_MQ attaches/detaches the queue: seed `tun_socket attach_queue`"),
-    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETOFFLOAD, "TUNSETOFFLOAD", "guest offload changes (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET)"),
+    always("epoll_ctl", libc::SYS_epoll_ctl, "watch the queue eventfds; toggle tap readiness interest as RX buffers come and go"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETQUEUE, "TUNSETQUEUE", "worker 0 attaches queue 0 and detaches the rest at activation, and VIRTIO_NET_CTRL_MQ attaches/detaches queues: seed `tun_socket attach_queue`"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, TUNSETOFFLOAD, "TUNSETOFFLOAD", "worker 0 applies the offloads the guest negotiated to the tap at activation"),
 ];
 
 /// A virtio-fs device's link to its vhost-user backend (devices/virtio/fs/link.rs). The socket is
@@ -384,9 +381,10 @@ mod tests {
         };
         for c in ThreadCategory::SPAWNABLE {
             assert_eq!(has(c, KVM_RUN), c == ThreadCategory::Vcpu, "{c}");
-            // vCPUs activate net devices (DRIVER_OK), which attaches the first tap queue.
-            let tun = matches!(c, ThreadCategory::NetWorker | ThreadCategory::Vcpu);
+            // Net workers configure their own tap queues, even at activation.
+            let tun = c == ThreadCategory::NetWorker;
             assert_eq!(has(c, TUNSETQUEUE), tun, "{c}");
+            assert_eq!(has(c, TUNSETOFFLOAD), tun, "{c}");
         }
     }
 }

@@ -7,7 +7,7 @@ use virtio_queue::QueueT;
 
 use super::ctrl::CtrlContext;
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
-use super::worker::{PairShared, ReportedOnce, Worker, WorkerSetup};
+use super::worker::{PairShared, ReportedOnce, TapSetup, Worker, WorkerSetup};
 use super::VNET_HDR_LEN;
 use crate::virtio::{
     feature, pci, ActivateError, Activation, JoinWorker, QueueActivation, VirtioDevice,
@@ -143,16 +143,15 @@ impl Net {
                 MAX_PLAIN_FRAME
             };
         for pair in &self.pairs {
-            pair.tap
-                .set_offload(offload)
-                .map_err(|e| ActivateError::Device(e.to_string()))?;
             pair.clear_stop();
         }
-        // The driver starts with one pair; VQ_PAIRS_SET attaches more.
-        for (index, pair) in self.pairs.iter().enumerate() {
-            pair.set_attached(index == 0)
-                .map_err(|e| ActivateError::Device(e.to_string()))?;
-        }
+        // Applied by worker 0 on its own thread. The driver starts with one pair;
+        // VQ_PAIRS_SET attaches more.
+        let mut tap_setup = Some(TapSetup {
+            pairs: self.pairs.clone(),
+            offload,
+            attached: 1,
+        });
 
         let mut queues: Vec<Option<QueueActivation>> =
             activation.queues.into_iter().map(Some).collect();
@@ -198,20 +197,11 @@ impl Net {
                 mergeable_rx: has(F_MRG_RXBUF),
                 rx_frame_max,
                 reported: self.reported.clone(),
-            })
-            .map_err(|e| ActivateError::Device(e.to_string()))?;
-            let thread_name = name.clone();
+                tap_setup: if index == 0 { tap_setup.take() } else { None },
+            });
             let join = self
                 .spawner
-                .spawn_for_pair(
-                    index,
-                    name.clone(),
-                    Box::new(move || {
-                        if let Err(e) = worker.run() {
-                            log::error!("{thread_name}: {e}");
-                        }
-                    }),
-                )
+                .spawn_for_pair(index, name.clone(), Box::new(move || worker.run()))
                 .map_err(|source| ActivateError::Spawn { name, source })?;
             self.workers.push(join);
         }

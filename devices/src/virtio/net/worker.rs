@@ -32,6 +32,8 @@ const TOKEN_WAKE: u64 = 4;
 pub enum WorkerError {
     #[error("epoll on the net worker's descriptors failed: {0}")]
     Epoll(io::Error),
+    #[error(transparent)]
+    Tap(#[from] TapError),
 }
 
 /// State of one queue pair shared by its worker, the control-queue handler and the device.
@@ -78,10 +80,13 @@ impl PairShared {
         self.kick();
     }
 
+    /// Lets a new worker run; its first step drains the previous run's wake-ups.
     pub fn clear_stop(&self) {
         self.stop.store(false, Ordering::SeqCst);
-        // Drain a stale wake-up from the previous run (EAGAIN when there is none).
-        let _ = self.wake.read();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     fn kick(&self) {
@@ -125,7 +130,19 @@ impl From<QueueActivation> for WorkQueue {
     }
 }
 
-/// What a worker needs; built by the device at activation.
+/// The tap settings of one activation, applied by worker 0 as its first step, before it serves
+/// any control request (which would otherwise race with the initial attach state).
+pub struct TapSetup {
+    /// Every queue pair's tap, in pair order.
+    pub pairs: Vec<Arc<PairShared>>,
+    /// TUN_F_* offloads the guest accepts.
+    pub offload: u32,
+    /// Pairs below this index start attached, the rest detached (the driver starts with 1).
+    pub attached: usize,
+}
+
+/// What a worker needs; built by the device at activation, with no system call, so that
+/// activation on the vCPU thread that wrote DRIVER_OK does no I/O of its own.
 pub struct WorkerSetup {
     pub name: String,
     pub mem: GuestMemoryMmap,
@@ -139,6 +156,8 @@ pub struct WorkerSetup {
     pub rx_frame_max: usize,
     /// Shared by every worker of the device.
     pub reported: Arc<ReportedOnce>,
+    /// Worker 0's: the device-wide tap settings.
+    pub tap_setup: Option<TapSetup>,
 }
 
 pub struct Worker {
@@ -151,7 +170,9 @@ pub struct Worker {
     interrupt: VirtioInterrupt,
     mergeable_rx: bool,
     rx_frame_max: usize,
-    epoll: Epoll,
+    tap_setup: Option<TapSetup>,
+    /// Created by the worker itself as it starts.
+    epoll: Option<Epoll>,
     tap_polled: bool,
     /// The guest gave too few RX buffers for the next frame: stop polling the tap until it
     /// adds more.
@@ -183,9 +204,8 @@ fn rewind(queue: &mut Queue, count: usize) {
 }
 
 impl Worker {
-    pub fn new(setup: WorkerSetup) -> Result<Self, WorkerError> {
-        let epoll = Epoll::new().map_err(WorkerError::Epoll)?;
-        let worker = Self {
+    pub fn new(setup: WorkerSetup) -> Self {
+        Self {
             name: setup.name,
             mem: setup.mem,
             rx: setup.rx.into(),
@@ -195,23 +215,39 @@ impl Worker {
             interrupt: setup.interrupt,
             mergeable_rx: setup.mergeable_rx,
             rx_frame_max: setup.rx_frame_max,
-            epoll,
+            tap_setup: setup.tap_setup,
+            epoll: None,
             tap_polled: false,
             rx_starved: false,
             broken: false,
             reported: setup.reported,
-        };
-        worker.watch(worker.rx.notify.as_raw_fd(), TOKEN_RX)?;
-        worker.watch(worker.tx.notify.as_raw_fd(), TOKEN_TX)?;
-        worker.watch(worker.pair.wake.as_raw_fd(), TOKEN_WAKE)?;
-        if let Some((ctrl, _)) = &worker.ctrl {
-            worker.watch(ctrl.notify.as_raw_fd(), TOKEN_CTRL)?;
         }
-        Ok(worker)
+    }
+
+    /// The worker's own set-up, on its own thread: its epoll set, and for worker 0 the tap
+    /// queues' offloads and attach state.
+    fn set_up(&mut self) -> Result<(), WorkerError> {
+        self.epoll = Some(Epoll::new().map_err(WorkerError::Epoll)?);
+        self.watch(self.rx.notify.as_raw_fd(), TOKEN_RX)?;
+        self.watch(self.tx.notify.as_raw_fd(), TOKEN_TX)?;
+        self.watch(self.pair.wake.as_raw_fd(), TOKEN_WAKE)?;
+        if let Some((ctrl, _)) = &self.ctrl {
+            self.watch(ctrl.notify.as_raw_fd(), TOKEN_CTRL)?;
+        }
+        if let Some(setup) = self.tap_setup.take() {
+            for (index, pair) in setup.pairs.iter().enumerate() {
+                pair.tap.set_offload(setup.offload)?;
+                pair.set_attached(index < setup.attached)?;
+            }
+        }
+        Ok(())
     }
 
     fn watch(&self, fd: i32, token: u64) -> Result<(), WorkerError> {
-        self.epoll
+        let Some(epoll) = &self.epoll else {
+            return Ok(());
+        };
+        epoll
             .ctl(
                 ControlOperation::Add,
                 fd,
@@ -230,8 +266,8 @@ impl Worker {
         let fd = self.pair.tap.as_raw_fd();
         if want {
             self.watch(fd, TOKEN_TAP)?;
-        } else {
-            self.epoll
+        } else if let Some(epoll) = &self.epoll {
+            epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default())
                 .map_err(WorkerError::Epoll)?;
         }
@@ -239,8 +275,29 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs until asked to stop.
-    pub fn run(mut self) -> Result<(), WorkerError> {
+    /// Sets itself up, then moves frames until asked to stop. A failure is logged, and marks
+    /// the device DEVICE_NEEDS_RESET when the worker cannot go on.
+    pub fn run(mut self) {
+        // Wake-ups left from the previous run; a stop asked since then is still in the flag.
+        let _ = self.pair.wake.read();
+        if self.pair.stopping() {
+            return;
+        }
+        if let Err(e) = self.set_up() {
+            log::error!("{}: cannot start: {e}: device needs reset", self.name);
+            self.broken = true;
+            if let Err(e) = self.interrupt.set_needs_reset() {
+                log::warn!("{}: cannot signal DEVICE_NEEDS_RESET: {e}", self.name);
+            }
+            return;
+        }
+        match self.serve() {
+            Ok(()) => log::info!("{}: stopped", self.name),
+            Err(e) => log::error!("{}: {e}; the queue pair is no longer served", self.name),
+        }
+    }
+
+    fn serve(&mut self) -> Result<(), WorkerError> {
         self.update_tap_interest()?;
         // Buffers and frames the guest queued before the worker started.
         self.process_tx();
@@ -249,7 +306,11 @@ impl Worker {
         let mut events = vec![EpollEvent::default(); 8];
         loop {
             self.update_tap_interest()?;
-            let n = match self.epoll.wait(-1, &mut events) {
+            let waited = match &self.epoll {
+                Some(epoll) => epoll.wait(-1, &mut events),
+                None => return Ok(()),
+            };
+            let n = match waited {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(WorkerError::Epoll(e)),
@@ -258,7 +319,7 @@ impl Worker {
                 match event.data() {
                     TOKEN_WAKE => {
                         let _ = self.pair.wake.read();
-                        if self.pair.stop.load(Ordering::SeqCst) {
+                        if self.pair.stopping() {
                             return Ok(());
                         }
                     }

@@ -333,6 +333,19 @@ fn reset_stops_the_device_and_clears_the_transport() {
 }
 
 #[test]
+fn stop_resets_an_active_device_once() {
+    let mut f = fixture();
+    f.dev.stop();
+    assert_eq!(f.probe.resets.load(Ordering::SeqCst), 0, "never activated");
+    let mem = f.mem.clone();
+    let q0 = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
+    driver_bring_up(&mut f, &[&q0]);
+    f.dev.stop();
+    f.dev.stop();
+    assert_eq!(f.probe.resets.load(Ordering::SeqCst), 1);
+}
+
+#[test]
 fn features_ok_needs_version_1_and_offered_bits() {
     let mut f = fixture();
     for bad in [F_MAC, feature(F_VERSION_1) | F_UNOFFERED] {

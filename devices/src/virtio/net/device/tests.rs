@@ -207,7 +207,7 @@ impl Rig {
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
         ));
-        let mut net = Net::new(
+        let net = Net::new(
             NetConfig {
                 mac: MAC,
                 queue_size: RING_SIZE,
@@ -217,42 +217,50 @@ impl Rig {
             Arc::new(StdThreads),
         )
         .unwrap();
-        let rec = Arc::new(RecordingInterrupts::new());
-        let shared = Arc::new(SharedStatus::default());
-        let nqueues = 2 * pairs + 1;
+        let mut rig = Self {
+            net,
+            mem,
+            rings: Vec::new(),
+            rec: Arc::new(RecordingInterrupts::new()),
+            shared: Arc::new(SharedStatus::default()),
+            notify: Vec::new(),
+            event_idx: false,
+            _tap: tap,
+        };
+        rig.activate(pairs, acked);
+        Some(rig)
+    }
+
+    /// What the transport does at DRIVER_OK: fresh (zeroed) rings at QUEUE_BASES, new notify
+    /// eventfds and interrupts, handed to the device.
+    fn activate(&mut self, pairs: usize, acked: u64) {
+        self.rec = Arc::new(RecordingInterrupts::new());
+        self.shared = Arc::new(SharedStatus::default());
+        self.event_idx = acked & feature(F_RING_EVENT_IDX) != 0;
+        self.rings.clear();
+        self.notify.clear();
         let mut queues = Vec::new();
-        let mut notify = Vec::new();
-        let mut rings = Vec::new();
-        for (index, base) in QUEUE_BASES.iter().take(nqueues).enumerate() {
-            let vq = MockSplitQueue::create(mem, GuestAddress(*base), RING_SIZE);
+        for (index, base) in QUEUE_BASES.iter().take(2 * pairs + 1).enumerate() {
+            let vq = MockSplitQueue::create(self.mem, GuestAddress(*base), RING_SIZE);
             let mut queue: Queue = vq.create_queue().unwrap();
-            queue.set_event_idx(acked & feature(F_RING_EVENT_IDX) != 0);
-            rings.push(vq);
+            queue.set_event_idx(self.event_idx);
+            self.rings.push(vq);
             let event = EventFd::new(EFD_NONBLOCK).unwrap();
-            notify.push(event.try_clone().unwrap());
+            self.notify.push(event.try_clone().unwrap());
             queues.push(QueueActivation {
                 queue,
                 notify: event,
                 vector: index as u16,
             });
         }
-        net.activate(Activation {
-            mem: mem.clone(),
-            queues,
-            interrupt: VirtioInterrupt::new(rec.clone(), shared.clone()),
-            acked_features: acked,
-        })
-        .unwrap();
-        Some(Self {
-            net,
-            mem,
-            rings,
-            rec,
-            shared,
-            notify,
-            event_idx: acked & feature(F_RING_EVENT_IDX) != 0,
-            _tap: tap,
-        })
+        self.net
+            .activate(Activation {
+                mem: self.mem.clone(),
+                queues,
+                interrupt: VirtioInterrupt::new(self.rec.clone(), self.shared.clone()),
+                acked_features: acked,
+            })
+            .unwrap();
     }
 
     fn vq(&self, index: usize) -> &MockSplitQueue<'static, GuestMemoryMmap> {
@@ -633,8 +641,9 @@ fn control_queue_switches_tap_queues() {
         return;
     };
     let detached = |pair: usize| rig.net.pairs[pair].tap.flags().unwrap() & IFF_DETACH_QUEUE != 0;
+    // Worker 0 applies the initial attach state as it starts.
+    wait_for("the driver starts with one pair", || detached(1));
     assert!(!detached(0));
-    assert!(detached(1), "the driver starts with one pair");
     // Control queue of 2 pairs is queue 4.
     assert_eq!(ctrl_request(&rig, 4, 0, &[4, 0, 2, 0]), 0);
     assert!(!detached(1));
@@ -673,24 +682,110 @@ fn control_queue_with_event_idx_answers_every_request() {
     }
 }
 
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// Puts a TX frame (header + frame, one descriptor) at descriptor `slot` of TX queue `tx`.
+fn send_from_guest(rig: &Rig, tx: usize, slot: u16, frame: &[u8]) {
+    let at = DATA + 0x2_0000 + u64::from(slot) * 0x1000;
+    let mut bytes = vec![0u8; 12];
+    bytes.extend_from_slice(frame);
+    rig.mem.write_slice(&bytes, GuestAddress(at)).unwrap();
+    rig.vq(tx)
+        .add_desc_chains(&[desc(at, bytes.len() as u32, 0, 0)], slot)
+        .unwrap();
+    rig.kick(tx);
+}
+
 #[test]
 fn reset_stops_the_workers() {
     let Some(mut rig) = Rig::new("ptapn6", 1, acked(&[])) else {
         return;
-    };
-    let thread_names = || -> Vec<String> {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-            .map(|s| s.trim().to_string())
-            .collect()
     };
     // The new thread names itself once it runs.
     wait_for("worker thread", || {
         thread_names().contains(&"ptapn6-qp0".to_string())
     });
     rig.net.reset();
-    wait_for("worker gone", || {
-        !thread_names().contains(&"ptapn6-qp0".to_string())
-    });
+    assert!(
+        !thread_names().contains(&"ptapn6-qp0".to_string()),
+        "reset returns once the worker has ended"
+    );
+}
+
+/// A driver reset (status 0) stops and joins every worker; the tap queues stay open and the
+/// next DRIVER_OK starts over with them: initial attach state, traffic both ways, pair switching.
+#[test]
+fn reset_then_activate_again_moves_traffic() {
+    let acked = acked(&[F_MQ]);
+    let Some(mut rig) = Rig::new("ptapna", 2, acked) else {
+        return;
+    };
+    let socket = PacketSocket::bind("ptapna");
+    let detached =
+        |rig: &Rig, pair: usize| rig.net.pairs[pair].tap.flags().unwrap() & IFF_DETACH_QUEUE != 0;
+    assert_eq!(ctrl_request(&rig, 4, 0, &[4, 0, 2, 0]), 0);
+    assert!(!detached(&rig, 1));
+    send_from_guest(&rig, 3, 0, &test_frame(80, 1));
+    assert_eq!(socket.recv_test_frame(), test_frame(80, 1));
+
+    rig.net.reset();
+    let workers = |names: Vec<String>| names.iter().filter(|n| n.starts_with("ptapna-qp")).count();
+    assert_eq!(workers(thread_names()), 0, "every worker joined by reset");
+
+    rig.activate(2, acked);
+    wait_for("two workers again", || workers(thread_names()) == 2);
+    wait_for("pair 1 detached again at the start", || detached(&rig, 1));
+    send_from_guest(&rig, 1, 0, &test_frame(90, 2));
+    assert_eq!(
+        socket.recv_test_frame(),
+        test_frame(90, 2),
+        "TX after reset"
+    );
+    rig.vq(0)
+        .add_desc_chains(&[desc(DATA, 2048, F_WRITE, 0)], 0)
+        .unwrap();
+    rig.kick(0);
+    let frame = test_frame(100, 3);
+    socket.send(&frame);
+    assert_eq!(
+        rig.wait_used(0, 1),
+        vec![(0, 12 + frame.len() as u32)],
+        "RX after reset"
+    );
+    let mut got = vec![0u8; frame.len()];
+    rig.mem
+        .read_slice(&mut got, GuestAddress(DATA + 12))
+        .unwrap();
+    assert_eq!(got, frame);
+    assert_eq!(ctrl_request(&rig, 4, 0, &[4, 0, 2, 0]), 0);
+    assert!(!detached(&rig, 1));
+    send_from_guest(&rig, 3, 0, &test_frame(70, 4));
+    assert_eq!(
+        socket.recv_test_frame(),
+        test_frame(70, 4),
+        "pair 1 after reset"
+    );
+}
+
+/// Dropping the device (the VM ends) stops and joins its workers.
+#[test]
+fn drop_joins_the_workers() {
+    let Some(rig) = Rig::new("ptapnb", 2, acked(&[F_MQ])) else {
+        return;
+    };
+    let workers = || {
+        thread_names()
+            .iter()
+            .filter(|n| n.starts_with("ptapnb-qp"))
+            .count()
+    };
+    wait_for("two workers", || workers() == 2);
+    drop(rig);
+    assert_eq!(workers(), 0);
 }
