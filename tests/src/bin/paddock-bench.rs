@@ -26,6 +26,9 @@ enum Cmd {
     Boot(BootArgs),
     /// virtio-net throughput: the net worker on a tap (`worker`), iperf3 with a guest (`guest`).
     Net(paddock_tests::bench::net::cli::NetArgs),
+    /// Guest RAM: create + prefault time per size with 4K, 2M and 1G pages (Paddock's own code),
+    /// and boot time to ready with each backing.
+    Memory(paddock_tests::bench::memory::MemoryArgs),
 }
 
 #[derive(Args)]
@@ -244,5 +247,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Boot(a) => boot(a),
         Cmd::Net(a) => paddock_tests::bench::net::cli::run(a),
+        Cmd::Memory(a) => paddock_tests::bench::memory::run(a),
     }
 }
