@@ -6,6 +6,7 @@ pub mod interrupts;
 pub mod kvm;
 pub mod memory;
 pub mod net;
+pub mod pci_bars;
 pub mod pinning;
 pub mod threads;
 pub mod vcpu;

@@ -6,6 +6,7 @@ use crate::interrupts::GsiRouting;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryConfig, MemoryError};
 use crate::net::{self, NetAttachError, NetContext, NetSpec};
+use crate::pci_bars::KvmBarMapper;
 use crate::pinning::Placement;
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
 use devices::legacy;
@@ -208,7 +209,7 @@ impl Vm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
-        let pci = add_pci_root(&pio, &mmio)?;
+        let pci = add_pci_root(&pio, &mmio, &vm_fd)?;
         let placement = Arc::new(cfg.placement);
         add_pci_devices(
             &vm_fd,
@@ -376,9 +377,10 @@ fn add_pci_devices(
 }
 
 /// The PCI root bus with its host bridge, reachable through ports 0xcf8/0xcfc and ECAM (the window
-/// the ACPI MCFG announces); BARs the guest moves are re-mapped on the MMIO bus.
-fn add_pci_root(pio: &Bus, mmio: &Arc<Bus>) -> Result<Arc<PciRoot>, VmError> {
-    let root = Arc::new(PciRoot::new(Arc::new(MmioBarMapper::new(mmio.clone()))));
+/// the ACPI MCFG announces); BARs the guest moves are re-mapped on the MMIO bus, with their ioeventfds.
+fn add_pci_root(pio: &Bus, mmio: &Arc<Bus>, vm: &Arc<VmFd>) -> Result<Arc<PciRoot>, VmError> {
+    let mapper = KvmBarMapper::new(MmioBarMapper::new(mmio.clone()), vm.clone());
+    let root = Arc::new(PciRoot::new(Arc::new(mapper)));
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
         PCI_CONFIG_IO_PORT,

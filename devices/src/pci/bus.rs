@@ -6,6 +6,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use super::allocator::{AllocatorError, BarAllocator};
 use super::config::{Bar, BarReprogram, ConfigError, PciConfig, PciIds};
 use crate::bus::{Bus, BusDevice, BusError};
@@ -89,6 +91,10 @@ pub trait PciDevice: Send {
     /// The VM is ending (its vCPUs have stopped): stop the threads the device runs, and return
     /// once they have ended.
     fn stop(&mut self) {}
+
+    /// Calls `visit(offset, event)` for each eventfd the VMM registers as a KVM ioeventfd (no
+    /// datamatch) at `offset` inside BAR `bar`, so that a [`BarMapper`] can move them with it.
+    fn visit_ioevents(&self, _bar: u8, _visit: &mut dyn FnMut(u64, &EventFd)) {}
 }
 
 /// Puts BARs where the guest sees them (implemented by the VMM, or [`MmioBarMapper`]).

@@ -250,7 +250,8 @@ impl VirtioPciDevice {
 
     /// One entry per queue: the eventfd the device waits on and where the guest writes to
     /// notify it. Register each with `register_ioevent(&event, &IoEventAddress::Mmio(addr),
-    /// NoDatamatch)`, and again at the new address when the guest moves BAR 0.
+    /// NoDatamatch)`; when the guest moves BAR 0, the VMM's BarMapper moves them (it finds them
+    /// through `PciDevice::visit_ioevents`).
     pub fn queue_notifiers(&self) -> Result<Vec<QueueNotifier>, VirtioPciError> {
         let base = self.config.bar_mapping(BAR_INDEX);
         self.notify
@@ -652,6 +653,16 @@ impl PciDevice for VirtioPciDevice {
         } else if offset >= DEVICE_CONFIG_OFFSET && end <= DEVICE_CONFIG_OFFSET + DEVICE_CONFIG_LEN
         {
             self.device.read_config(offset - DEVICE_CONFIG_OFFSET, data);
+        }
+    }
+
+    /// The queue notify addresses, so the VMM's ioeventfds follow the BAR when the guest moves it.
+    fn visit_ioevents(&self, bar: u8, visit: &mut dyn FnMut(u64, &EventFd)) {
+        if bar != BAR_INDEX {
+            return;
+        }
+        for (index, event) in self.notify.iter().enumerate() {
+            visit(notify_offset(index as u16), event);
         }
     }
 

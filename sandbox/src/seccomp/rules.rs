@@ -89,6 +89,7 @@ pub const KVM_GET_REGS: u64 = 0x8090_ae81;
 pub const TUNSETQUEUE: u64 = 0x4004_54d9;
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 pub const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+pub const KVM_IOEVENTFD: u64 = 0x4040_ae79;
 
 /// The flags glibc's pthread_create passes to clone(2): a thread, never a process.
 pub const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
@@ -126,6 +127,7 @@ const VCPU: &[Allow] = &[
     arg_is("ioctl", libc::SYS_ioctl, 1, KVM_RUN, "KVM_RUN", "run the vCPU (vcpu.rs run_once)"),
     arg_is("ioctl", libc::SYS_ioctl, 1, KVM_GET_REGS, "KVM_GET_REGS", "guest RIP for a vCPU fault report (vcpu.rs Vcpu::rip)"),
     arg_is("ioctl", libc::SYS_ioctl, 1, KVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING", "the guest programs an MSI-X vector (an MMIO write): vmm/interrupts.rs rewrites the routing table"),
+    arg_is("ioctl", libc::SYS_ioctl, 1, KVM_IOEVENTFD, "KVM_IOEVENTFD", "the guest moves a BAR (a config write): its queue ioeventfds move with it (vmm/pci_bars.rs)"),
 ];
 
 /// vCPU threads, while a device is active: DRIVER_OK is an MMIO write handled on the vCPU. The
