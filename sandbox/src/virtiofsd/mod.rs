@@ -9,6 +9,7 @@
 mod abi;
 mod backend;
 mod io;
+pub mod launch;
 mod passthrough;
 mod sandbox;
 mod server;

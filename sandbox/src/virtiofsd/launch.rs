@@ -1,0 +1,296 @@
+//! Starting the bundled backend for a `--fs tag=T,path=DIR[,ro]` share: `paddock virtiofsd` (this
+//! very binary, as the same user) with its socket in a private runtime directory, which is removed
+//! as soon as the frontend has connected. A share that never got connected (paddock failed to
+//! start) is stopped and cleaned up when its [`RunningShare`] drops; a connected backend ends by
+//! itself when paddock closes the connection (the VM ended, or paddock died).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a backend may take to create its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("--fs tag={tag}: creating the runtime directory under {base}: {source}: set XDG_RUNTIME_DIR or TMPDIR to a writable directory")]
+    RuntimeDir {
+        tag: String,
+        base: String,
+        source: std::io::Error,
+    },
+    #[error("--fs tag={tag}: starting `{exe} virtiofsd`: {source}")]
+    Spawn {
+        tag: String,
+        exe: String,
+        source: std::io::Error,
+    },
+    #[error("--fs tag={tag}: the virtiofsd for {dir} exited with {status} before serving (its message is above)")]
+    Exited {
+        tag: String,
+        dir: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("--fs tag={tag}: the virtiofsd for {dir} made no socket within {secs} s")]
+    Timeout { tag: String, dir: String, secs: u64 },
+}
+
+/// What to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareSpec {
+    pub tag: String,
+    pub dir: PathBuf,
+    pub readonly: bool,
+    pub request_queues: usize,
+}
+
+/// A started backend.
+pub struct RunningShare {
+    child: Option<Child>,
+    runtime_dir: Option<PathBuf>,
+    socket: PathBuf,
+}
+
+/// A 0700 directory for this run's sockets: under $XDG_RUNTIME_DIR when set, else the temp dir.
+fn runtime_dir(tag: &str) -> Result<PathBuf, LaunchError> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let pid = std::process::id();
+    let mut last = None;
+    for attempt in 0..100u32 {
+        let dir = base.join(format!("paddock-{pid}-fs-{attempt}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    Err(LaunchError::RuntimeDir {
+        tag: tag.to_string(),
+        base: base.display().to_string(),
+        source: last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EEXIST)),
+    })
+}
+
+impl RunningShare {
+    /// Starts `exe virtiofsd` for `spec` and waits until its socket exists. `as_user`: a
+    /// caller still running as root (tests) has the backend switch to that uid:gid, and hands
+    /// it the runtime directory; `paddock run` has already switched and passes None.
+    pub fn start(
+        exe: &Path,
+        as_user: Option<(u32, u32)>,
+        spec: &ShareSpec,
+    ) -> Result<Self, LaunchError> {
+        let dir = runtime_dir(&spec.tag)?;
+        if let Some((uid, gid)) = as_user {
+            if let Err(source) = std::os::unix::fs::chown(&dir, Some(uid), Some(gid)) {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(LaunchError::RuntimeDir {
+                    tag: spec.tag.clone(),
+                    base: dir.display().to_string(),
+                    source,
+                });
+            }
+        }
+        let socket = dir.join("virtiofsd.sock");
+        let mut share = RunningShare {
+            child: None,
+            runtime_dir: Some(dir),
+            socket: socket.clone(),
+        };
+        let mut cmd = Command::new(exe);
+        if let Some((uid, gid)) = as_user {
+            cmd.arg("--user").arg(format!("{uid}:{gid}"));
+        }
+        cmd.arg("virtiofsd")
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(&spec.dir)
+            .arg("--queues")
+            .arg(spec.request_queues.to_string())
+            .stdin(Stdio::null());
+        if spec.readonly {
+            cmd.arg("--readonly");
+        }
+        // SAFETY: the closure runs in the child between fork and exec and only makes the
+        // async-signal-safe prctl call.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Not left waiting for a frontend that will never come if paddock dies first.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+            tag: spec.tag.clone(),
+            exe: exe.display().to_string(),
+            source,
+        })?;
+        share.child = Some(child);
+        let started = Instant::now();
+        while !socket.exists() {
+            if let Some(child) = share.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    share.child = None;
+                    return Err(LaunchError::Exited {
+                        tag: spec.tag.clone(),
+                        dir: spec.dir.display().to_string(),
+                        status,
+                    });
+                }
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(LaunchError::Timeout {
+                    tag: spec.tag.clone(),
+                    dir: spec.dir.display().to_string(),
+                    secs: START_TIMEOUT.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(share)
+    }
+
+    /// The socket the frontend connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Call once the frontend is connected: the socket and its directory go (nothing is left
+    /// on disk), and the backend now ends with the connection.
+    pub fn connected(&mut self) {
+        if let Some(dir) = self.runtime_dir.take() {
+            let _ = std::fs::remove_file(&self.socket);
+            let _ = std::fs::remove_dir(&dir);
+        }
+        // Reaped by the kernel's reparenting only when paddock ends; it ends with the connection.
+        self.child = None;
+    }
+}
+
+impl Drop for RunningShare {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = self.runtime_dir.take() {
+            let _ = std::fs::remove_file(&self.socket);
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// The `paddock` binary next to this test binary (target/release/deps/..).
+    fn paddock() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("paddock");
+        assert!(
+            bin.exists(),
+            "{} missing: cargo build --release -p sandbox first",
+            bin.display()
+        );
+        bin
+    }
+
+    /// As root (the test machines), the backend runs as uid/gid 1000, like under `paddock run
+    /// --user 1000`; the share must then be that user's.
+    fn as_user() -> Option<(u32, u32)> {
+        // SAFETY: geteuid has no preconditions.
+        (unsafe { libc::geteuid() } == 0).then_some((1000, 1000))
+    }
+
+    fn share_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some((uid, gid)) = as_user() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        dir
+    }
+
+    /// The tests look at this process's runtime directories: one test at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn spec(dir: &Path) -> ShareSpec {
+        ShareSpec {
+            tag: "data".into(),
+            dir: dir.to_path_buf(),
+            readonly: false,
+            request_queues: 1,
+        }
+    }
+
+    fn is_running(pid: u32) -> bool {
+        // Gone or a zombie both count as stopped.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn started_backend_accepts_a_connection_and_leaves_nothing_behind() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let share = share_dir();
+        let mut running = RunningShare::start(&paddock(), as_user(), &spec(share.path())).unwrap();
+        let socket = running.socket().to_path_buf();
+        let dir = socket.parent().unwrap().to_path_buf();
+        let mode = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o700
+        );
+        let _conn = UnixStream::connect(&socket).unwrap();
+        running.connected();
+        assert!(!socket.exists() && !dir.exists());
+    }
+
+    #[test]
+    fn a_failing_backend_is_reported_and_cleaned_up() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let missing = tempfile::tempdir().unwrap().path().join("nope");
+        let err = match RunningShare::start(&paddock(), as_user(), &spec(&missing)) {
+            Ok(_) => panic!("a missing directory was served"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, LaunchError::Exited { .. }), "{err}");
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let prefix = format!("paddock-{}-fs-", std::process::id());
+        let left: Vec<_> = std::fs::read_dir(base)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .collect();
+        assert!(left.is_empty(), "runtime dir left behind: {left:?}");
+    }
+
+    #[test]
+    fn dropping_an_unconnected_share_stops_its_backend() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let share = share_dir();
+        let running = RunningShare::start(&paddock(), as_user(), &spec(share.path())).unwrap();
+        let pid = running.child.as_ref().map(Child::id).unwrap();
+        let dir = running.socket().parent().unwrap().to_path_buf();
+        assert!(is_running(pid));
+        drop(running);
+        assert!(!is_running(pid), "backend still running after drop");
+        assert!(!dir.exists());
+    }
+}
