@@ -106,11 +106,13 @@ pub struct RunArgs {
     /// docs/networking.md.
     #[arg(long, value_name = "tap=NAME,...|fd=N,...")]
     pub net: Vec<String>,
-    /// A virtio-fs share served by a vhost-user-fs backend (virtiofsd) listening on a socket:
-    /// `tag=TAG,socket=PATH[,queues=N][,queue_size=M]` (TAG at most 36 bytes, N request queues,
-    /// default 1, M descriptors per queue, default 1024). Guest RAM is then mapped shared.
-    /// Repeatable. See docs/virtiofs.md.
-    #[arg(long, value_name = "tag=TAG,socket=PATH,...")]
+    /// A virtio-fs share: `tag=TAG,path=DIR[,ro]` serves host directory DIR with the bundled
+    /// backend (`paddock virtiofsd`, started and stopped by paddock; `ro` refuses writes), or
+    /// `tag=TAG,socket=PATH` uses a vhost-user-fs backend (virtiofsd) listening on PATH. Both take
+    /// `[,queues=N][,queue_size=M]` (TAG at most 36 bytes, N request queues, default 1, M
+    /// descriptors per queue, default 1024). Guest RAM is then mapped shared. Repeatable. See
+    /// docs/virtiofs.md.
+    #[arg(long, value_name = "tag=TAG,path=DIR|socket=PATH,...")]
     pub fs: Vec<String>,
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]

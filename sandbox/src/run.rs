@@ -6,6 +6,7 @@ use crate::default_guest::{self, ExitWatcher, NO_STATUS};
 use crate::placement::{self, CpuOptions};
 use crate::privilege;
 use crate::seccomp;
+use crate::virtiofsd::launch::bundled_shares;
 use crate::{EXIT_CANNOT_START, EXIT_GUEST_FAILED};
 use std::io::Write;
 use std::process::ExitCode;
@@ -61,7 +62,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };
-    let fses = match args
+    let fs_requests = match args
         .fs
         .iter()
         .map(|f| config::parse_fs(f))
@@ -106,6 +107,11 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         _ => None,
     };
     let (watcher, guest_status) = ExitWatcher::new(out);
+    // Last before the VM: a backend started here is stopped again (drop) if anything fails.
+    let (fses, mut shares) = match bundled_shares::start(fs_requests, args.seccomp) {
+        Ok(s) => s,
+        Err(e) => return cannot_start(e),
+    };
 
     let cfg = VmConfig {
         kernel,
@@ -123,6 +129,10 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => return cannot_start(e),
     };
+    // The frontend connected while the VM was created: the sockets can go.
+    for share in &mut shares {
+        share.connected();
+    }
     if let Err(e) = vm.start() {
         return cannot_start(e);
     }

@@ -21,19 +21,33 @@ pub struct FsBackend {
     pub command: String,
     /// Programs to ship into the test host for it (e.g. target/virtiofsd/bin/virtiofsd).
     pub binaries: Vec<PathBuf>,
+    /// Served by paddock itself (`--fs tag=T,path=DIR`, the bundled backend that `paddock run`
+    /// starts and stops) instead of a backend the check starts (`--fs tag=T,socket=S`).
+    pub bundled: bool,
 }
 
 /// The 256 MiB file is written and hashed under TCG in the test host: minutes, not seconds.
 const FILES: Duration = Duration::from_secs(900);
 const BOOT: Duration = Duration::from_secs(300);
 
-/// Shell functions every check starts with: the guest arguments, and `start_backend NAME DIR
-/// [FLAGS]`, which serves DIR on `$HOME/NAME.sock` (log in `$HOME/NAME.log`, pid in `$NAME_pid`
-/// file) and waits for the socket.
+/// Shell functions every check starts with: the guest arguments, `start_backend NAME DIR
+/// [FLAGS]`, which serves DIR on `$HOME/NAME.sock` (log in `$HOME/NAME.log`, pid in
+/// `$HOME/NAME.pid`) and waits for the socket, `serve NAME DIR [ro]`, which adds the share to
+/// `$FS` (the `--fs` options), and `kill_backend NAME PADDOCK_PID`.
 fn preamble(backend: &FsBackend) -> String {
+    let serve = if backend.bundled {
+        r#"serve() { FS="$FS --fs tag=$1,path=$2${3:+,$3}"; }
+kill_backend() { kill -9 $(cat /proc/$2/task/*/children); }
+"#
+    } else {
+        r#"serve() { if [ -n "$3" ]; then start_backend $1 $2 --readonly; else start_backend $1 $2; fi; FS="$FS --fs tag=$1,socket=$HOME/$1.sock"; }
+kill_backend() { kill -9 $(cat $HOME/$1.pid); }
+"#
+    };
     format!(
         r#"GUEST_ARGS="--kernel $GUEST/vmlinuz --initramfs $GUEST/initramfs.cpio.gz --memory 512M"
-start_backend() {{
+FS=""
+{serve}start_backend() {{
     name=$1; dir=$2; shift 2
     rm -f "$HOME/$name.sock"
     {command} --socket-path "$HOME/$name.sock" --shared-dir "$dir" --sandbox none "$@" > "$HOME/$name.log" 2>&1 &
@@ -59,7 +73,7 @@ echo 0123456789 > $S/write.txt
 ln -s $HOME/outside/secret $S/abs-link
 ln -s ../outside/secret $S/rel-link
 dd if=/dev/urandom of=$S/big bs=1M count=256 2>/dev/null
-start_backend data $S
+serve data $S
 cat > $S/check.sh <<'GUEST'
 cd /mnt
 echo "read=$(cat host.txt)"
@@ -81,7 +95,7 @@ cat abs-link > /dev/null 2>&1; echo "abs_link=$?"
 cat rel-link > /dev/null 2>&1; echo "rel_link=$?"
 ln /init hard 2> /dev/null; echo "hardlink=$?"
 GUEST
-paddock run $GUEST_ARGS --fs tag=data,socket=$HOME/data.sock -- sh -c "mount -t virtiofs data /mnt && sh /mnt/check.sh"
+paddock run $GUEST_ARGS $FS -- sh -c "mount -t virtiofs data /mnt && sh /mnt/check.sh"
 echo "paddock_status=$?"
 echo "big_host_sha=$(sha256sum $S/big | cut -d' ' -f1)"
 echo "copy_host_sha=$(sha256sum $S/copy | cut -d' ' -f1)"
@@ -110,8 +124,8 @@ echo $d > /sys/bus/virtio/drivers/virtiofs/unbind; echo $d > /sys/bus/virtio/dri
 mount -t virtiofs ro /mnt; echo "remount=$?"
 echo "rebind_read=$(cat /mnt/file)"
 GUEST
-start_backend ro $R --readonly
-paddock run $GUEST_ARGS --fs tag=ro,socket=$HOME/ro.sock -- sh -c "mount -t virtiofs ro /mnt && cp /mnt/check.sh /tmp && sh /tmp/check.sh"
+serve ro $R ro
+paddock run $GUEST_ARGS $FS -- sh -c "mount -t virtiofs ro /mnt && cp /mnt/check.sh /tmp && sh /tmp/check.sh"
 echo "paddock_status=$?"
 echo "host_ro=$(ls $R | tr '\n' ' ')"
 "#;
@@ -125,12 +139,15 @@ echo guest-a > /a/from-guest; echo guest-b > /b/from-guest
 echo MOUNTED
 i=0; while [ ! -e /a/sampled ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
 GUEST
-start_backend a $A; start_backend b $B
-paddock run $GUEST_ARGS --fs tag=a,socket=$HOME/a.sock --fs tag=b,socket=$HOME/b.sock \
-    -- sh -c "mkdir -p /a /b && mount -t virtiofs a /a && mount -t virtiofs b /b && sh /a/check.sh" > $HOME/two.out 2>&1 &
+serve a $A; serve b $B
+paddock run $GUEST_ARGS $FS -- sh -c "mkdir -p /a /b && mount -t virtiofs a /a && mount -t virtiofs b /b && sh /a/check.sh" > $HOME/two.out 2>&1 &
 P=$!
 i=0; while ! grep -q MOUNTED $HOME/two.out && [ $i -lt 1500 ]; do sleep 0.2; i=$((i + 1)); done
 for t in /proc/$P/task/*; do echo "thread $(cat $t/comm | tr ' ' '_') $(grep Seccomp: $t/status | tr -d '\t')"; done
+# Processes paddock started (the bundled backends), each thread of each.
+for c in $(cat /proc/$P/task/*/children); do
+    for t in /proc/$c/task/*; do echo "child $c $(cat $t/comm | tr ' ' '_') $(grep Seccomp: $t/status | tr -d '\t')"; done
+done
 touch $A/sampled
 wait $P; echo "paddock_status=$?"
 cat $HOME/two.out
@@ -150,11 +167,11 @@ ls /mnt > /dev/null 2>&1; echo "ls_after=$?"
 echo "still_running=yes"
 exit 7
 GUEST
-start_backend gone $G
-paddock run $GUEST_ARGS --fs tag=gone,socket=$HOME/gone.sock -- sh -c "mount -t virtiofs gone /mnt && sh /mnt/check.sh" > $HOME/gone.out 2> $HOME/gone.err &
+serve gone $G
+paddock run $GUEST_ARGS $FS -- sh -c "mount -t virtiofs gone /mnt && sh /mnt/check.sh" > $HOME/gone.out 2> $HOME/gone.err &
 P=$!
 i=0; while ! grep -q MOUNTED $HOME/gone.out && [ $i -lt 1500 ]; do sleep 0.2; i=$((i + 1)); done
-kill -9 $(cat $HOME/gone.pid)
+kill_backend gone $P
 # Bounded: a VMM that hangs is reported as such, with what it printed.
 i=0; while kill -0 $P 2> /dev/null && [ $i -lt 900 ]; do sleep 0.2; i=$((i + 1)); done
 if kill -0 $P 2> /dev/null; then echo "paddock_hung=yes"; kill -9 $P; fi
@@ -174,6 +191,18 @@ start_backend stale $E; kill -9 $(cat $HOME/stale.pid); wait $(cat $HOME/stale.p
 echo "refused: $(try --fs tag=t,socket=$HOME/stale.sock)"
 echo "longtag: $(try --fs tag=0123456789012345678901234567890123456,socket=$HOME/stale.sock)"
 echo "duptag: $(try --fs tag=t,socket=$HOME/stale.sock --fs tag=t,socket=$HOME/stale.sock)"
+"#;
+
+/// `--fs tag=T,path=DIR` errors: exit 2 and one line naming DIR; a failure after the backends
+/// started (a tag given twice) leaves no backend process and no runtime directory behind.
+const PATH_ERRORS_CHECK: &str = r#"E=$HOME/err; fresh $E; touch $HOME/plain
+try() { out=$(paddock run $GUEST_ARGS "$@" -- true 2>&1); echo "status=$? $out"; }
+echo "missing: $(try --fs tag=t,path=$HOME/nope)"
+echo "notdir: $(try --fs tag=t,path=$HOME/plain)"
+echo "duptag: $(try --fs tag=t,path=$E --fs tag=t,path=$E)"
+RT=${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}
+echo "left_dirs=$(ls $RT | grep -c '^paddock-.*-fs-')"
+echo "left_backends=$(grep -la 'virtiofs[d]' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
 "#;
 
 /// Registers the checks for `backend` (names prefixed with its name).
@@ -202,8 +231,46 @@ pub fn add_checks(s: &mut Scenario, backend: &FsBackend) {
         .check_as_user(
             &format!("{n}-errors"),
             BOOT,
-            &format!("{pre}{ERRORS_CHECK}"),
+            &format!(
+                "{pre}{}",
+                if backend.bundled {
+                    PATH_ERRORS_CHECK
+                } else {
+                    ERRORS_CHECK
+                }
+            ),
         );
+}
+
+/// The `--fs path=` errors check.
+fn path_error_failures(r: &CheckResult, expect: &mut impl FnMut(&CheckResult, bool, &str)) {
+    let cases = [
+        ("missing", "/nope does not exist"),
+        ("notdir", "is not a directory"),
+        ("duptag", "used by another --fs"),
+    ];
+    for (key, words) in cases {
+        let line = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_default();
+        expect(
+            r,
+            line.starts_with("status=2 paddock: ") && line.contains(words),
+            &format!("{key}: exit 2 with one line saying `{words}`"),
+        );
+    }
+    expect(
+        r,
+        field(r, "left_dirs") == Some("0"),
+        "no runtime directory left behind",
+    );
+    expect(
+        r,
+        field(r, "left_backends") == Some("0"),
+        "no backend process left behind",
+    );
 }
 
 /// The value of the first `key=value` line with this key.
@@ -355,6 +422,33 @@ pub fn failures(report: &Report, backend: &FsBackend) -> Vec<String> {
         !threads.is_empty() && threads.iter().all(|l| l.ends_with("Seccomp:2")),
         "every paddock thread runs under its seccomp filter (Seccomp: 2)",
     );
+    let children: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("child "))
+        .collect();
+    let child_pids: std::collections::BTreeSet<&str> = children
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    if backend.bundled {
+        expect(
+            r,
+            child_pids.len() == 2,
+            "paddock runs one bundled backend process per share",
+        );
+        expect(
+            r,
+            children.iter().all(|l| l.ends_with("Seccomp:2")),
+            "every thread of every backend runs under its seccomp filter (Seccomp: 2)",
+        );
+    } else {
+        expect(
+            r,
+            children.is_empty(),
+            "paddock starts no process of its own",
+        );
+    }
 
     let r = report.check(&format!("{n}-backend-gone"));
     let is = |key: &str, want: &str| field(r, key) == Some(want);
@@ -385,6 +479,10 @@ pub fn failures(report: &Report, backend: &FsBackend) -> Vec<String> {
     );
 
     let r = report.check(&format!("{n}-errors"));
+    if backend.bundled {
+        path_error_failures(r, &mut expect);
+        return out;
+    }
     let cases = [
         ("missing", "does not exist"),
         ("notsock", "is not a Unix socket"),

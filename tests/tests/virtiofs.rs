@@ -33,8 +33,31 @@ fn shares_served_by_the_standard_virtiofsd() {
         name: "virtiofsd".into(),
         command: "virtiofsd".into(),
         binaries: vec![standard_virtiofsd()],
+        bundled: false,
     };
     let mut s = Scenario::new("virtiofs");
+    add_checks(&mut s, &backend);
+    let Some(report) = s.run().expect("virtiofs scenario") else {
+        return;
+    };
+    let failed = failures(&report, &backend);
+    assert!(
+        failed.is_empty(),
+        "{} expectation(s) failed:\n\n{}",
+        failed.len(),
+        failed.join("\n\n")
+    );
+}
+
+#[test]
+fn shares_served_by_the_bundled_backend() {
+    let backend = FsBackend {
+        name: "bundled".into(),
+        command: String::new(),
+        binaries: Vec::new(),
+        bundled: true,
+    };
+    let mut s = Scenario::new("virtiofs-bundled");
     add_checks(&mut s, &backend);
     let Some(report) = s.run().expect("virtiofs scenario") else {
         return;

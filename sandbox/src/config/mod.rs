@@ -19,7 +19,7 @@ pub enum ConfigError {
     )]
     Net { text: String, reason: String },
     #[error(
-        "--fs `{text}`: {reason}; the syntax is tag=TAG,socket=PATH[,queues=N][,queue_size=M]"
+        "--fs `{text}`: {reason}; the syntax is tag=TAG,path=DIR[,ro] or tag=TAG,socket=PATH, each with [,queues=N][,queue_size=M]"
     )]
     Fs { text: String, reason: String },
     #[error("--serial `{0}`: use stdout, off, or file=PATH")]
@@ -129,24 +129,37 @@ fn claim_inherited_fds(numbers: &[&str]) -> Result<Vec<OwnedFd>, String> {
 pub const FS_DEFAULT_QUEUES: usize = 1;
 pub const FS_DEFAULT_QUEUE_SIZE: u32 = 1024;
 
-/// `--fs tag=TAG,socket=PATH[,queues=N][,queue_size=M]`: a share served by the vhost-user-fs
-/// backend listening on PATH.
-pub fn parse_fs(text: &str) -> Result<vmm::fs::FsSpec, ConfigError> {
+/// One `--fs`: a share served by a backend the user started (listening on a socket), or a host
+/// directory that paddock serves with the bundled backend (`paddock virtiofsd`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum FsRequest {
+    Socket(vmm::fs::FsSpec),
+    Path {
+        config: vmm::fs::FsConfig,
+        dir: PathBuf,
+        readonly: bool,
+    },
+}
+
+/// `--fs tag=TAG,path=DIR[,ro]` or `--fs tag=TAG,socket=PATH`, each with
+/// `[,queues=N][,queue_size=M]`.
+pub fn parse_fs(text: &str) -> Result<FsRequest, ConfigError> {
     let fail = |reason: String| ConfigError::Fs {
         text: text.to_string(),
         reason,
     };
+    // `ro` is a flag: the one item that is not key=value.
+    let items: Vec<&str> = text
+        .split(',')
+        .map(|item| if item.trim() == "ro" { "ro=on" } else { item })
+        .collect();
     let kv = KeyValues::parse(
         "--fs",
-        text,
+        &items.join(","),
         None,
-        &["tag", "socket", "queues", "queue_size"],
+        &["tag", "socket", "path", "ro", "queues", "queue_size"],
     )?;
     let tag = kv.get("tag").ok_or_else(|| fail("no tag".into()))?;
-    let socket = kv
-        .get("socket")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| fail("no socket: give the vhost-user-fs backend's socket".into()))?;
     let number = |key: &str, default: u64| -> Result<u64, ConfigError> {
         match kv.get(key) {
             None => Ok(default),
@@ -163,10 +176,38 @@ pub fn parse_fs(text: &str) -> Result<vmm::fs::FsSpec, ConfigError> {
         u32::try_from(queue_size).unwrap_or(u32::MAX),
     )
     .map_err(|e| fail(e.to_string()))?;
-    Ok(vmm::fs::FsSpec {
-        config,
-        socket: PathBuf::from(socket),
-    })
+    let readonly = match kv.get("ro") {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(v) => return Err(fail(format!("ro=`{v}`: write just `ro` (or ro=on)"))),
+    };
+    match (kv.get("socket"), kv.get("path")) {
+        (Some(_), Some(_)) => Err(fail(
+            "both socket and path: give path=DIR to have paddock serve DIR, or socket=PATH for a backend you started".into(),
+        )),
+        (Some(socket), None) => {
+            if socket.is_empty() {
+                return Err(fail("no socket: give the vhost-user-fs backend's socket".into()));
+            }
+            if readonly {
+                return Err(fail(
+                    "ro applies to path= shares: start your backend read-only instead".into(),
+                ));
+            }
+            Ok(FsRequest::Socket(vmm::fs::FsSpec {
+                config,
+                socket: PathBuf::from(socket),
+            }))
+        }
+        (None, Some(dir)) if !dir.is_empty() => Ok(FsRequest::Path {
+            config,
+            dir: PathBuf::from(dir),
+            readonly,
+        }),
+        _ => Err(fail(
+            "no path or socket: give path=DIR (the host directory to share) or socket=PATH (a running vhost-user-fs backend)".into(),
+        )),
+    }
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -255,21 +296,58 @@ mod tests {
 
     #[test]
     fn fs_syntax() {
-        let f = parse_fs("tag=data,socket=/run/vfs.sock").expect("fs");
+        let socket = |text: &str| match parse_fs(text).expect(text) {
+            FsRequest::Socket(spec) => spec,
+            other => panic!("{text}: {other:?}"),
+        };
+        let f = socket("tag=data,socket=/run/vfs.sock");
         assert_eq!(f.config.tag, "data");
         assert_eq!(f.socket, PathBuf::from("/run/vfs.sock"));
         assert_eq!((f.config.request_queues, f.config.queue_size), (1, 1024));
-        let f = parse_fs("socket=s,tag=t,queues=2,queue_size=256").expect("fs");
+        let f = socket("socket=s,tag=t,queues=2,queue_size=256");
         assert_eq!((f.config.request_queues, f.config.queue_size), (2, 256));
         let err = |text: &str| parse_fs(text).unwrap_err().to_string();
         assert!(err("socket=s").contains("no tag"));
-        assert!(err("tag=t").contains("no socket"));
+        assert!(err("tag=t").contains("no path or socket"));
+        assert!(err("tag=t,socket=").contains("no socket"));
+        assert!(err("tag=t,path=").contains("no path or socket"));
         assert!(err(&format!("tag={},socket=s", "x".repeat(37))).contains("more than the 36"));
         assert!(err("tag=t,socket=s,queues=0").contains("queues=0"));
         assert!(err("tag=t,socket=s,queue_size=1000").contains("power of two"));
         assert!(err("tag=t,socket=s,queue_size=big").contains("not a whole number"));
         assert!(err("tag=t,socket=s,cache=auto").contains("unknown key `cache`"));
         assert!(err("data").contains("not key=value"));
+    }
+
+    #[test]
+    fn fs_path_syntax() {
+        let path = |text: &str| match parse_fs(text).expect(text) {
+            FsRequest::Path {
+                config,
+                dir,
+                readonly,
+            } => (config, dir, readonly),
+            other => panic!("{text}: {other:?}"),
+        };
+        let (config, dir, ro) = path("tag=data,path=/srv/data");
+        assert_eq!(
+            (config.tag.as_str(), dir, ro),
+            ("data", PathBuf::from("/srv/data"), false)
+        );
+        assert_eq!((config.request_queues, config.queue_size), (1, 1024));
+        assert!(path("tag=d,path=/srv,ro").2);
+        assert!(path("ro,path=/srv,tag=d").2);
+        assert!(path("tag=d,path=/srv,ro=on").2);
+        assert!(!path("tag=d,path=/srv,ro=off").2);
+        let (config, _, _) = path("tag=d,path=/srv,queues=2,queue_size=256");
+        assert_eq!((config.request_queues, config.queue_size), (2, 256));
+        let err = |text: &str| parse_fs(text).unwrap_err().to_string();
+        assert!(err("path=/srv").contains("no tag"));
+        assert!(err("tag=t,path=/srv,socket=/s").contains("both socket and path"));
+        assert!(err("tag=t,socket=/s,ro").contains("ro applies to path= shares"));
+        assert!(err("tag=t,path=/srv,ro=yes").contains("ro=`yes`"));
+        assert!(err("tag=t,path=/srv,ro,ro").contains("given twice"));
+        assert!(err(&format!("tag={},path=/srv", "x".repeat(37))).contains("more than the 36"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! start) is stopped and cleaned up when its [`RunningShare`] drops; a connected backend ends by
 //! itself when paddock closes the connection (the VM ended, or paddock died).
 
+use clap::ValueEnum;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ pub struct ShareSpec {
     pub dir: PathBuf,
     pub readonly: bool,
     pub request_queues: usize,
+    /// The backend's `--seccomp`: the same as the VMM's.
+    pub seccomp: crate::seccomp::Mode,
 }
 
 /// A started backend.
@@ -120,6 +123,9 @@ impl RunningShare {
         if spec.readonly {
             cmd.arg("--readonly");
         }
+        if let Some(mode) = spec.seccomp.to_possible_value() {
+            cmd.arg("--seccomp").arg(mode.get_name());
+        }
         // SAFETY: the closure runs in the child between fork and exec and only makes the
         // async-signal-safe prctl call.
         unsafe {
@@ -191,6 +197,131 @@ impl Drop for RunningShare {
     }
 }
 
+/// `paddock run`'s `--fs`: starts the bundled backend for every `path=` share, and gives back what
+/// the VM connects to (in `--fs` order) with the started shares.
+pub mod bundled_shares {
+    use super::{LaunchError, RunningShare, ShareSpec};
+    use crate::config::FsRequest;
+    use std::path::{Path, PathBuf};
+    use vmm::fs::FsSpec;
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum ShareError {
+        #[error("--fs tag={tag}: path={dir} does not exist: give an existing directory to share")]
+        Missing { tag: String, dir: String },
+        #[error("--fs tag={tag}: path={dir} is not a directory: give the directory to share")]
+        NotDirectory { tag: String, dir: String },
+        #[error("--fs tag={tag}: path={dir}: {source}: give a directory this user can read")]
+        Unreadable {
+            tag: String,
+            dir: String,
+            source: std::io::Error,
+        },
+        #[error(transparent)]
+        Launch(#[from] LaunchError),
+    }
+
+    /// This very binary, whatever the name it was started by.
+    const SELF_EXE: &str = "/proc/self/exe";
+
+    fn check_dir(tag: &str, dir: &Path) -> Result<(), ShareError> {
+        let (tag, shown) = (tag.to_string(), dir.display().to_string());
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(ShareError::NotDirectory { tag, dir: shown }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ShareError::Missing { tag, dir: shown })
+            }
+            Err(source) => Err(ShareError::Unreadable {
+                tag,
+                dir: shown,
+                source,
+            }),
+        }
+    }
+
+    /// Every directory is checked before any backend starts; on an error the backends started
+    /// so far are stopped and their runtime directories removed (dropped).
+    pub fn start(
+        requests: Vec<FsRequest>,
+        seccomp: crate::seccomp::Mode,
+    ) -> Result<(Vec<FsSpec>, Vec<RunningShare>), ShareError> {
+        for request in &requests {
+            if let FsRequest::Path { config, dir, .. } = request {
+                check_dir(&config.tag, dir)?;
+            }
+        }
+        let mut specs = Vec::with_capacity(requests.len());
+        let mut shares = Vec::new();
+        for request in requests {
+            match request {
+                FsRequest::Socket(spec) => specs.push(spec),
+                FsRequest::Path {
+                    config,
+                    dir,
+                    readonly,
+                } => {
+                    let share = RunningShare::start(
+                        Path::new(SELF_EXE),
+                        None,
+                        &ShareSpec {
+                            tag: config.tag.clone(),
+                            dir,
+                            readonly,
+                            request_queues: config.request_queues,
+                            seccomp,
+                        },
+                    )?;
+                    specs.push(FsSpec {
+                        config,
+                        socket: PathBuf::from(share.socket()),
+                    });
+                    shares.push(share);
+                }
+            }
+        }
+        Ok((specs, shares))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::config::parse_fs;
+
+        fn start_one(text: &str) -> Result<usize, ShareError> {
+            let (specs, _shares) =
+                start(vec![parse_fs(text).unwrap()], crate::seccomp::Mode::Enforce)?;
+            Ok(specs.len())
+        }
+
+        #[test]
+        fn a_missing_or_plain_path_is_refused_naming_it() {
+            let dir = tempfile::tempdir().unwrap();
+            let missing = dir.path().join("nope");
+            let err = start_one(&format!("tag=t,path={}", missing.display())).unwrap_err();
+            assert!(matches!(err, ShareError::Missing { .. }), "{err}");
+            assert!(err.to_string().contains(&missing.display().to_string()));
+            let file = dir.path().join("file");
+            std::fs::write(&file, b"x").unwrap();
+            let err = start_one(&format!("tag=t,path={},ro", file.display())).unwrap_err();
+            assert!(matches!(err, ShareError::NotDirectory { .. }), "{err}");
+            assert!(err.to_string().contains(&file.display().to_string()));
+        }
+
+        #[test]
+        fn socket_shares_pass_through_untouched() {
+            let (specs, shares) = start(
+                vec![parse_fs("tag=t,socket=/run/x.sock,queues=2").unwrap()],
+                crate::seccomp::Mode::Enforce,
+            )
+            .unwrap();
+            assert!(shares.is_empty());
+            assert_eq!(specs[0].socket, PathBuf::from("/run/x.sock"));
+            assert_eq!(specs[0].config.request_queues, 2);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +363,7 @@ mod tests {
             dir: dir.to_path_buf(),
             readonly: false,
             request_queues: 1,
+            seccomp: crate::seccomp::Mode::Enforce,
         }
     }
 
