@@ -233,6 +233,7 @@ const VIRTIOFSD: &[Allow] = &[
     always("mknodat", libc::SYS_mknodat, "FUSE_MKNOD (regular files, fifos, sockets; devices are refused before the call)"),
     always("unlinkat", libc::SYS_unlinkat, "FUSE_UNLINK/RMDIR; the socket is removed once the frontend connected"),
     always("renameat2", libc::SYS_renameat2, "FUSE_RENAME/RENAME2"),
+    always("renameat", libc::SYS_renameat, "FUSE_RENAME: glibc's renameat2() without flags makes the renameat call"),
     always("linkat", libc::SYS_linkat, "FUSE_LINK (source: an inode the guest holds)"),
     always("symlinkat", libc::SYS_symlinkat, "FUSE_SYMLINK"),
     always("readlinkat", libc::SYS_readlinkat, "FUSE_READLINK"),
