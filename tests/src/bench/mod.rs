@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod first_byte;
+pub mod fs;
 pub mod memory;
 pub mod net;
 pub mod probe;

@@ -101,11 +101,19 @@ pub struct NetAttach<'a> {
     pub mac: &'a str,
 }
 
+/// A virtio-fs device whose queues a vhost-user-fs backend serves on `socket`.
+#[derive(Clone, Debug)]
+pub struct FsAttach<'a> {
+    pub socket: &'a Path,
+    pub tag: &'a str,
+    pub queue_size: u16,
+}
+
 impl Vmm {
     /// The command that boots `guest` with its serial console on stdout. `scratch` holds any
     /// configuration file the VMM needs.
     pub fn command(&self, guest: &Guest, scratch: &Path) -> std::io::Result<Command> {
-        self.command_with_net(guest, scratch, None)
+        self.command_with_devices(guest, scratch, None, None)
     }
 
     /// [`Vmm::command`] with a virtio-net device on a tap: Paddock's `--net`, QEMU's
@@ -117,6 +125,20 @@ impl Vmm {
         guest: &Guest,
         scratch: &Path,
         net: Option<&NetAttach>,
+    ) -> std::io::Result<Command> {
+        self.command_with_devices(guest, scratch, net, None)
+    }
+
+    /// [`Vmm::command_with_net`] and, with `fs`, a virtio-fs device on a vhost-user-fs backend
+    /// with guest RAM shared: Paddock's `--fs` (RAM shared by itself), QEMU's vhost-user-fs-pci
+    /// on a shared memfd memory backend, Cloud Hypervisor's `--fs` with `shared=on`. Firecracker
+    /// has no virtio-fs and is refused.
+    pub fn command_with_devices(
+        &self,
+        guest: &Guest,
+        scratch: &Path,
+        net: Option<&NetAttach>,
+        fs: Option<&FsAttach>,
     ) -> std::io::Result<Command> {
         let mut cmd = Command::new(&self.path);
         let mem = guest.mem_mib.to_string();
@@ -136,15 +158,29 @@ impl Vmm {
                     cmd.arg("--net")
                         .arg(format!("tap={},queues={},mac={}", n.tap, n.pairs, n.mac));
                 }
+                if let Some(f) = fs {
+                    cmd.arg("--fs").arg(format!(
+                        "tag={},socket={},queue_size={}",
+                        f.tag,
+                        f.socket.display(),
+                        f.queue_size
+                    ));
+                }
             }
             VmmKind::Qemu | VmmKind::QemuPc => {
                 // microvm: QEMU's own minimal machine, the fair peer for direct kernel boot (qboot
                 // loads the kernel itself, no option ROMs, no PCI). pc: the classic machine.
-                let machine = match (self.kind, net.is_some()) {
+                let pci = net.is_some() || fs.is_some();
+                let mut machine = match (self.kind, pci) {
                     (VmmKind::Qemu, false) => "microvm,x-option-roms=off,rtc=off,acpi=on",
                     (VmmKind::Qemu, true) => "microvm,x-option-roms=off,rtc=off,acpi=on,pcie=on",
                     _ => "pc",
-                };
+                }
+                .to_string();
+                if fs.is_some() {
+                    // vhost-user needs guest RAM in a file the backend can map.
+                    machine += ",memory-backend=mem";
+                }
                 // kvm_pvm refuses QEMU's write of MSR_IA32_ARCH_CAPABILITIES (QEMU then aborts);
                 // hardware KVM and nested kvm_amd take the plain host model.
                 let cpu = if Path::new("/sys/module/kvm_pvm").exists() {
@@ -154,7 +190,7 @@ impl Vmm {
                 };
                 cmd.args([
                     "-M",
-                    machine,
+                    &machine,
                     "-accel",
                     "kvm",
                     "-cpu",
@@ -192,17 +228,37 @@ impl Vmm {
                             2 * u32::from(n.pairs) + 2
                         ));
                 }
+                if let Some(f) = fs {
+                    cmd.arg("-object")
+                        .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
+                        .arg("-chardev")
+                        .arg(format!("socket,id=fs0,path={}", f.socket.display()))
+                        .arg("-device")
+                        .arg(format!(
+                            "vhost-user-fs-pci,chardev=fs0,tag={},queue-size={},romfile=",
+                            f.tag, f.queue_size
+                        ));
+                }
             }
             VmmKind::CloudHypervisor => {
                 cmd.arg("--kernel").arg(guest.kernel);
                 if let Some(i) = guest.initramfs {
                     cmd.arg("--initramfs").arg(i);
                 }
+                let shared = if fs.is_some() { ",shared=on" } else { "" };
                 cmd.args(["--cmdline", guest.cmdline, "--cpus"])
                     .arg(format!("boot={cpus}"))
                     .arg("--memory")
-                    .arg(format!("size={mem}M"))
+                    .arg(format!("size={mem}M{shared}"))
                     .args(["--serial", "tty", "--console", "off"]);
+                if let Some(f) = fs {
+                    cmd.arg("--fs").arg(format!(
+                        "tag={},socket={},num_queues=1,queue_size={}",
+                        f.tag,
+                        f.socket.display(),
+                        f.queue_size
+                    ));
+                }
                 if let Some(n) = net {
                     cmd.arg("--net").arg(format!(
                         "tap={},mac={},num_queues={}",
@@ -213,6 +269,12 @@ impl Vmm {
                 }
             }
             VmmKind::Firecracker => {
+                if fs.is_some() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "firecracker has no virtio-fs: leave it out of fs benchmarks",
+                    ));
+                }
                 if net.is_some() {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::Unsupported,

@@ -29,6 +29,9 @@ enum Cmd {
     /// Guest RAM: create + prefault time per size with 4K, 2M and 1G pages (Paddock's own code),
     /// and boot time to ready with each backing.
     Memory(paddock_tests::bench::memory::MemoryArgs),
+    /// virtio-fs: sequential write/read MiB/s and create/stat/unlink ops/s inside the guest, per
+    /// vhost-user-fs backend, and for peers with the standard virtiofsd.
+    Fs(paddock_tests::bench::fs::FsArgs),
 }
 
 #[derive(Args)]
@@ -248,5 +251,6 @@ fn main() -> Result<()> {
         Cmd::Boot(a) => boot(a),
         Cmd::Net(a) => paddock_tests::bench::net::cli::run(a),
         Cmd::Memory(a) => paddock_tests::bench::memory::run(a),
+        Cmd::Fs(a) => paddock_tests::bench::fs::run(a),
     }
 }
