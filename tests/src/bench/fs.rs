@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::bench::probe::{self, OutputWatch};
 use crate::bench::stats::Summary;
 use crate::bench::vmms::{
-    default_guest_dir, default_paddock, parse_peer, FsAttach, Guest, Vmm, VmmKind,
+    guest_files, paddock_binary, parse_peer, require_guest_files, FsAttach, Guest, Vmm, VmmKind,
 };
 use crate::testhost::mode::find_on_path;
 use crate::workspace::{self, TEST_UID};
@@ -444,30 +444,9 @@ pub fn run(args: FsArgs) -> Result<()> {
     if args.cpus == 0 {
         bail!("--cpus 0: a guest needs at least 1 vCPU");
     }
-    let guest_dir = default_guest_dir();
-    let kernel = args
-        .kernel
-        .clone()
-        .unwrap_or_else(|| guest_dir.join("vmlinuz"));
-    let initramfs = args
-        .initramfs
-        .clone()
-        .unwrap_or_else(|| guest_dir.join("initramfs.cpio.gz"));
-    for (what, path) in [("kernel", &kernel), ("initramfs", &initramfs)] {
-        if !path.is_file() {
-            bail!(
-                "{what} {} not found: run resources/guest/build.sh, set PADDOCK_GUEST_DIR or pass --{what}",
-                path.display()
-            );
-        }
-    }
-    let paddock_path = args.paddock.clone().unwrap_or_else(default_paddock);
-    if !paddock_path.is_file() {
-        bail!(
-            "paddock binary {} not found: build it (cargo build --release -p sandbox), set PADDOCK_BIN or pass --paddock",
-            paddock_path.display()
-        );
-    }
+    let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
+    require_guest_files(&kernel, &initramfs)?;
+    let paddock_path = paddock_binary(args.paddock.as_deref())?;
     let mut backends = args
         .backends
         .iter()

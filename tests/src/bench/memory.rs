@@ -20,7 +20,7 @@ use vmm::memory::{self as guest_memory, hugetlbfs, parse_size, MemoryConfig};
 use super::boot::READY_MARKER;
 use super::probe::{self, OutputWatch};
 use super::stats::Summary;
-use super::vmms::{default_guest_dir, default_paddock};
+use super::vmms::{guest_files, paddock_binary, require_guest_files};
 
 const KIB4: u64 = 4 << 10;
 const MIB2: u64 = 2 << 20;
@@ -471,30 +471,9 @@ pub fn run(args: MemoryArgs) -> Result<()> {
     let boots = if args.no_boot {
         Vec::new()
     } else {
-        let guest_dir = default_guest_dir();
-        let kernel = args
-            .kernel
-            .clone()
-            .unwrap_or_else(|| guest_dir.join("vmlinuz"));
-        let initramfs = args
-            .initramfs
-            .clone()
-            .unwrap_or_else(|| guest_dir.join("initramfs.cpio.gz"));
-        for (what, path) in [("kernel", &kernel), ("initramfs", &initramfs)] {
-            if !path.is_file() {
-                bail!(
-                    "{what} {} not found: run resources/guest/build.sh, set PADDOCK_GUEST_DIR or pass --{what}",
-                    path.display()
-                );
-            }
-        }
-        let paddock = args.paddock.clone().unwrap_or_else(default_paddock);
-        if !paddock.is_file() {
-            bail!(
-                "paddock binary {} not found: build it (cargo build --release -p sandbox), set PADDOCK_BIN or pass --paddock",
-                paddock.display()
-            );
-        }
+        let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
+        require_guest_files(&kernel, &initramfs)?;
+        let paddock = paddock_binary(args.paddock.as_deref())?;
         let setup = BootSetup {
             paddock: &paddock,
             kernel: &kernel,

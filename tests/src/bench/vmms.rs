@@ -54,6 +54,41 @@ pub fn default_paddock() -> PathBuf {
     crate::testhost::mode::find_on_path("paddock").unwrap_or(built)
 }
 
+/// The kernel and initramfs a benchmark boots: the ones given, else the default guest's.
+pub fn guest_files(kernel: Option<&Path>, initramfs: Option<&Path>) -> (PathBuf, PathBuf) {
+    let dir = default_guest_dir();
+    (
+        kernel.map_or_else(|| dir.join("vmlinuz"), Path::to_path_buf),
+        initramfs.map_or_else(|| dir.join("initramfs.cpio.gz"), Path::to_path_buf),
+    )
+}
+
+/// Fails, naming the fix, when the guest's kernel or initramfs is missing.
+pub fn require_guest_files(kernel: &Path, initramfs: &Path) -> anyhow::Result<()> {
+    for (what, path) in [("kernel", kernel), ("initramfs", initramfs)] {
+        if !path.is_file() {
+            anyhow::bail!(
+                "{what} {} not found: run resources/guest/build.sh, set PADDOCK_GUEST_DIR or pass --{what}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The paddock binary to measure: the one given, else [`default_paddock`]; fails, naming the fix,
+/// when it is missing.
+pub fn paddock_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let paddock = given.map_or_else(default_paddock, Path::to_path_buf);
+    if !paddock.is_file() {
+        anyhow::bail!(
+            "paddock binary {} not found: build it (cargo build --release -p sandbox), set PADDOCK_BIN or pass --paddock",
+            paddock.display()
+        );
+    }
+    Ok(paddock)
+}
+
 /// The default guest's directory: PADDOCK_GUEST_DIR, else the workspace's target/guest.
 pub fn default_guest_dir() -> PathBuf {
     std::env::var_os("PADDOCK_GUEST_DIR")

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use paddock_tests::bench::boot::{BootBench, VmmBootResult};
 use paddock_tests::bench::stats::Summary;
 use paddock_tests::bench::vmms::{
-    default_guest_dir, default_paddock, parse_peer, Guest, Vmm, VmmKind,
+    guest_files, paddock_binary, parse_peer, require_guest_files, Guest, Vmm, VmmKind,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -144,32 +144,11 @@ fn boot(args: BootArgs) -> Result<()> {
     if args.no_ready && args.no_first_instruction {
         bail!("--no-ready with --no-first-instruction measures nothing: drop one");
     }
-    let guest_dir = default_guest_dir();
-    let kernel = args
-        .kernel
-        .clone()
-        .unwrap_or_else(|| guest_dir.join("vmlinuz"));
-    let initramfs = args
-        .initramfs
-        .clone()
-        .unwrap_or_else(|| guest_dir.join("initramfs.cpio.gz"));
+    let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
     if !args.no_ready {
-        for (what, path) in [("kernel", &kernel), ("initramfs", &initramfs)] {
-            if !path.is_file() {
-                bail!(
-                    "{what} {} not found: run resources/guest/build.sh, set PADDOCK_GUEST_DIR or pass --{what}",
-                    path.display()
-                );
-            }
-        }
+        require_guest_files(&kernel, &initramfs)?;
     }
-    let paddock = args.paddock.clone().unwrap_or_else(default_paddock);
-    if !paddock.is_file() {
-        bail!(
-            "paddock binary {} not found: build it (cargo build --release -p sandbox), set PADDOCK_BIN or pass --paddock",
-            paddock.display()
-        );
-    }
+    let paddock = paddock_binary(args.paddock.as_deref())?;
     let mut vmms = vec![Vmm {
         kind: VmmKind::Paddock,
         path: paddock,

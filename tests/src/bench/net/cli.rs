@@ -12,7 +12,9 @@ use super::guest::{check_root, GuestBench};
 use super::netns::{create_tap, enter_private_netns};
 use super::worker::{run_once, Direction, Mode, Series, Timing, QUEUE_SIZE};
 use crate::bench::stats::Summary;
-use crate::bench::vmms::{default_guest_dir, default_paddock, parse_peer, Vmm, VmmKind};
+use crate::bench::vmms::{
+    guest_files, paddock_binary, parse_peer, require_guest_files, Vmm, VmmKind,
+};
 use crate::testhost::mode::find_on_path;
 
 #[derive(Subcommand)]
@@ -282,30 +284,9 @@ fn guest(args: GuestArgs) -> Result<()> {
     if args.cpus == 0 {
         bail!("--cpus 0: a guest needs at least 1 vCPU");
     }
-    let guest_dir = default_guest_dir();
-    let kernel = args
-        .kernel
-        .clone()
-        .unwrap_or_else(|| guest_dir.join("vmlinuz"));
-    let initramfs = args
-        .initramfs
-        .clone()
-        .unwrap_or_else(|| guest_dir.join("initramfs.cpio.gz"));
-    for (what, path) in [("kernel", &kernel), ("initramfs", &initramfs)] {
-        if !path.is_file() {
-            bail!(
-                "{what} {} not found: run resources/guest/build.sh, set PADDOCK_GUEST_DIR or pass --{what}",
-                path.display()
-            );
-        }
-    }
-    let paddock = args.paddock.clone().unwrap_or_else(default_paddock);
-    if !paddock.is_file() {
-        bail!(
-            "paddock binary {} not found: build it (cargo build --release -p sandbox), set PADDOCK_BIN or pass --paddock",
-            paddock.display()
-        );
-    }
+    let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
+    require_guest_files(&kernel, &initramfs)?;
+    let paddock = paddock_binary(args.paddock.as_deref())?;
     let mut vmms = vec![Vmm {
         kind: VmmKind::Paddock,
         path: paddock,
