@@ -3,17 +3,18 @@
 //! as a KVM ioeventfd (which the backend then waits on) and give each queue an MSI-X vector whose
 //! irqfd the backend signals.
 
-use crate::interrupts::{GsiRouting, InterruptsError};
+use crate::interrupts::GsiRouting;
 use crate::memory::GuestMemoryMmap;
 use crate::threads::{self, ThreadCategory};
+use crate::virtio_plug::{self, PciContext, PlugError};
 use devices::pci::{BarAllocator, PciRoot};
 use devices::virtio::fs::link::LinkError;
 use devices::virtio::fs::{Backend, BackendError, Fs};
 pub use devices::virtio::fs::{FsConfig, FsError};
-use devices::virtio::{JoinWorker, VirtioDevice, VirtioPciDevice, VirtioPciError, WorkerSpawner};
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use devices::virtio::{JoinWorker, WorkerSpawner};
+use kvm_ioctls::VmFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one backend reply may take before the backend counts as stuck.
@@ -33,22 +34,7 @@ pub enum FsAttachError {
     #[error("--fs tag={tag}: {source}")]
     Link { tag: String, source: LinkError },
     #[error("--fs tag={tag}: {source}")]
-    Transport { tag: String, source: VirtioPciError },
-    #[error("--fs tag={tag}: {source}")]
-    Interrupts {
-        tag: String,
-        source: InterruptsError,
-    },
-    #[error("--fs tag={tag}: plugging it into the PCI bus: {reason}")]
-    Plug { tag: String, reason: String },
-    #[error("--fs tag={tag}: queue {queue} has no notify address (its BAR was not placed)")]
-    Unplaced { tag: String, queue: u16 },
-    #[error("--fs tag={tag}: KVM_IOEVENTFD for queue {queue}: {source}")]
-    Ioeventfd {
-        tag: String,
-        queue: u16,
-        source: kvm_ioctls::Error,
-    },
+    Plug { tag: String, source: PlugError },
     #[error("--fs tag={tag}: the tag is used by another --fs: give each share its own tag")]
     DuplicateTag { tag: String },
 }
@@ -101,38 +87,14 @@ pub fn attach(ctx: &mut FsContext<'_>, spec: &FsSpec) -> Result<(), FsAttachErro
     );
     let fs = Fs::new(spec.config.clone(), backend, Arc::new(VhostUserThreads))
         .map_err(|source| FsAttachError::Link { tag: tag(), source })?;
-    // The transport gives every queue a vector plus one for configuration changes.
-    let vectors = fs.queue_max_sizes().len() as u16 + 1;
-    let routes = ctx
-        .routing
-        .msi_vectors(vectors)
-        .map_err(|source| FsAttachError::Interrupts { tag: tag(), source })?;
-    let device = VirtioPciDevice::new(Box::new(fs), ctx.mem.clone(), Arc::new(routes))
-        .map_err(|source| FsAttachError::Transport { tag: tag(), source })?;
-    let device = Arc::new(Mutex::new(device));
-    ctx.pci
-        .add_device(device.clone(), ctx.allocator)
-        .map_err(|e| FsAttachError::Plug {
-            tag: tag(),
-            reason: e.to_string(),
-        })?;
-    let notifiers = device
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .queue_notifiers()
-        .map_err(|source| FsAttachError::Transport { tag: tag(), source })?;
-    for n in notifiers {
-        let addr = n.addr.ok_or(FsAttachError::Unplaced {
-            tag: tag(),
-            queue: n.queue,
-        })?;
-        ctx.vm
-            .register_ioevent(&n.event, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|source| FsAttachError::Ioeventfd {
-                tag: tag(),
-                queue: n.queue,
-                source,
-            })?;
-    }
+    let mut pci = PciContext {
+        vm: ctx.vm,
+        routing: ctx.routing,
+        pci: ctx.pci,
+        allocator: ctx.allocator,
+        mem: ctx.mem,
+    };
+    virtio_plug::plug(&mut pci, Box::new(fs))
+        .map_err(|source| FsAttachError::Plug { tag: tag(), source })?;
     Ok(())
 }

@@ -10,4 +10,5 @@ pub mod pci_bars;
 pub mod pinning;
 pub mod threads;
 pub mod vcpu;
+pub mod virtio_plug;
 pub mod vm;

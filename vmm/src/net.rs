@@ -1,16 +1,17 @@
 //! Plugging a `--net` into the VM: its tap queues, the virtio-net device behind the virtio-pci
 //! transport on the root bus, one ioeventfd per queue and one MSI-X vector (GSI + irqfd) per queue.
 
-use crate::interrupts::{GsiRouting, InterruptsError};
+use crate::interrupts::GsiRouting;
 use crate::memory::GuestMemoryMmap;
 use crate::pinning::Placement;
 use crate::threads::{self, ThreadCategory};
+use crate::virtio_plug::{self, PciContext, PlugError};
 use devices::pci::{BarAllocator, PciRoot};
 use devices::virtio::net::{Net, NetConfig, NetError, Tap, TapError};
-use devices::virtio::{JoinWorker, VirtioDevice, VirtioPciDevice, VirtioPciError, WorkerSpawner};
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use devices::virtio::{JoinWorker, WorkerSpawner};
+use kvm_ioctls::VmFd;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Descriptors per RX/TX queue.
 const QUEUE_SIZE: u16 = 256;
@@ -76,22 +77,7 @@ pub enum NetAttachError {
     #[error("--net {net}: {source}")]
     Device { net: String, source: NetError },
     #[error("--net {net}: {source}")]
-    Transport { net: String, source: VirtioPciError },
-    #[error("--net {net}: {source}")]
-    Interrupts {
-        net: String,
-        source: InterruptsError,
-    },
-    #[error("--net {net}: plugging it into the PCI bus: {reason}")]
-    Plug { net: String, reason: String },
-    #[error("--net {net}: queue {queue} has no notify address (its BAR was not placed)")]
-    Unplaced { net: String, queue: u16 },
-    #[error("--net {net}: KVM_IOEVENTFD for queue {queue}: {source}")]
-    Ioeventfd {
-        net: String,
-        queue: u16,
-        source: kvm_ioctls::Error,
-    },
+    Plug { net: String, source: PlugError },
 }
 
 /// Queue workers start through `threads::spawn_pinned`, so each runs under the net-worker filter
@@ -222,39 +208,14 @@ pub fn attach(ctx: &mut NetContext<'_>, index: usize, spec: NetSpec) -> Result<(
     };
     let net = Net::new(config, taps, Arc::new(workers))
         .map_err(|source| NetAttachError::Device { net: tap(), source })?;
-    // The transport gives every queue a vector plus one for configuration changes.
-    let vectors = net.queue_max_sizes().len() as u16 + 1;
-    let routes = ctx
-        .routing
-        .msi_vectors(vectors)
-        .map_err(|source| NetAttachError::Interrupts { net: tap(), source })?;
-    let device = VirtioPciDevice::new(Box::new(net), ctx.mem.clone(), Arc::new(routes))
-        .map_err(|source| NetAttachError::Transport { net: tap(), source })?;
-    let device = Arc::new(Mutex::new(device));
-    ctx.pci
-        .add_device(device.clone(), ctx.allocator)
-        .map_err(|e| NetAttachError::Plug {
-            net: tap(),
-            reason: e.to_string(),
-        })?;
-    let notifiers = device
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .queue_notifiers()
-        .map_err(|source| NetAttachError::Transport { net: tap(), source })?;
-    for n in notifiers {
-        let addr = n.addr.ok_or(NetAttachError::Unplaced {
-            net: tap(),
-            queue: n.queue,
-        })?;
-        // KVM keeps its own reference to the eventfd; the device keeps the other end.
-        ctx.vm
-            .register_ioevent(&n.event, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|source| NetAttachError::Ioeventfd {
-                net: tap(),
-                queue: n.queue,
-                source,
-            })?;
-    }
+    let mut pci = PciContext {
+        vm: ctx.vm,
+        routing: ctx.routing,
+        pci: ctx.pci,
+        allocator: ctx.allocator,
+        mem: ctx.mem,
+    };
+    virtio_plug::plug(&mut pci, Box::new(net))
+        .map_err(|source| NetAttachError::Plug { net: tap(), source })?;
     Ok(())
 }
