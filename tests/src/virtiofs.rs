@@ -73,6 +73,7 @@ echo 0123456789 > $S/write.txt
 ln -s $HOME/outside/secret $S/abs-link
 ln -s ../outside/secret $S/rel-link
 dd if=/dev/urandom of=$S/big bs=1M count=256 2>/dev/null
+mkdir $S/many; i=0; while [ $i -lt 300 ]; do echo $i > $S/many/f$i; i=$((i + 1)); done
 serve data $S
 cat > $S/check.sh <<'GUEST'
 cd /mnt
@@ -83,6 +84,7 @@ printf 'AB' | dd of=write.txt bs=1 seek=2 conv=notrunc 2>/dev/null; echo "write=
 mkdir dir; echo "mkdir=$?"
 mv new.txt dir/moved.txt; echo "rename=$?"
 echo bye > gone.txt && rm gone.txt; echo "unlink=$?"
+rm -rf many; echo "rm_rf=$?"
 ln -s dir/moved.txt sym; echo "symlink=$?"
 chmod 640 dir/moved.txt; echo "chmod=$(stat -c %a dir/moved.txt)"
 echo "big_guest_sha=$(sha256sum big | cut -d' ' -f1)"
@@ -104,6 +106,7 @@ echo "host_write=$(cat $S/write.txt)"
 echo "host_mode=$(stat -c %a $S/dir/moved.txt)"
 echo "host_sym=$(readlink $S/sym)"
 [ -e $S/gone.txt ] && echo "host_gone=present" || echo "host_gone=absent"
+[ -e $S/many ] && echo "host_many=present" || echo "host_many=absent"
 [ -e $S/hard ] && echo "host_hard=present" || echo "host_hard=absent"
 echo "host_secret=$(cat $HOME/outside/secret)"
 echo "host_outside=$(ls $HOME/outside | tr '\n' ' ')"
@@ -322,6 +325,17 @@ pub fn failures(report: &Report, backend: &FsBackend) -> Vec<String> {
         "the guest's symlink on the host",
     );
     expect(r, is("host_gone", "absent"), "unlink reaches the host");
+    // `rm -rf` unlinks while it lists. The test host's shares are on tmpfs of Linux 6.1, whose
+    // directory cookies are positions: virtiofsd 1.14 seeks to the cookie on every READDIR and
+    // skips entries there ("Directory not empty"); the bundled backend continues its listing.
+    if backend.bundled {
+        expect(
+            r,
+            is("rm_rf", "0"),
+            "rm -rf of a 300-file directory in the guest",
+        );
+        expect(r, is("host_many", "absent"), "rm -rf reaches the host");
+    }
     let big_host = field(r, "big_host_sha");
     expect(
         r,

@@ -60,8 +60,24 @@ struct InodeTable {
 /// An open file or directory.
 struct Handle {
     fd: OwnedFd,
-    /// Directories: seeking and reading entries must not interleave between requests.
-    dir_lock: Mutex<()>,
+    /// Directories: where the listing stands. The lock also keeps seeking and reading entries
+    /// of one directory from interleaving between requests.
+    dir: Mutex<DirStream>,
+}
+
+/// The listing state of an open directory between READDIR requests.
+///
+/// The guest continues a listing by asking for the cookie of the last entry it got. Seeking
+/// there is not always the same as continuing: on filesystems whose cookies are positions
+/// (tmpfs before Linux 6.6), seeking after the guest unlinked entries skips as many entries as
+/// were removed, and `rm -rf` then finds the directory not empty. So the stream remembers the
+/// cookie it can continue from without a seek, and the entries it read but did not return.
+#[derive(Default)]
+struct DirStream {
+    /// The cookie at which the host fd's position (after `pending`) continues the listing.
+    resume_at: Option<u64>,
+    /// Entries read from the host but not yet returned, in order.
+    pending: std::collections::VecDeque<DirEntry>,
 }
 
 /// A directory entry as `getdents64` returns it.
@@ -258,7 +274,7 @@ impl PassthroughFs {
                 fh,
                 Arc::new(Handle {
                     fd,
-                    dir_lock: Mutex::new(()),
+                    dir: Mutex::new(DirStream::default()),
                 }),
             );
         fh
@@ -700,52 +716,30 @@ impl PassthroughFs {
         mut take: impl FnMut(&DirEntry) -> bool,
     ) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        let _serial = handle.dir_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let pos = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        nix::unistd::lseek(&handle.fd, pos, nix::unistd::Whence::SeekSet)?;
+        let mut stream = handle.dir.lock().unwrap_or_else(|p| p.into_inner());
+        let stream = &mut *stream;
+        if stream.resume_at != Some(offset) {
+            stream.pending.clear();
+            stream.resume_at = None;
+            let pos = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+            nix::unistd::lseek(&handle.fd, pos, nix::unistd::Whence::SeekSet)?;
+        }
+        // Only a listing that ends normally may be continued without a seek.
+        stream.resume_at = None;
+        let mut at_cookie = offset;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            // SAFETY: getdents64 writes at most `buf.len()` bytes into the buffer, which lives
-            // across the call; the fd is an open directory.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_getdents64,
-                    handle.fd.as_raw_fd(),
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                return Err(Errno::last());
-            }
-            if n == 0 {
-                return Ok(());
-            }
-            let mut at = 0usize;
-            let end = n as usize;
-            // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name NUL-ended.
-            while at + 19 <= end {
-                let ino = u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or_default());
-                let next = u64::from_ne_bytes(buf[at + 8..at + 16].try_into().unwrap_or_default());
-                let reclen =
-                    u16::from_ne_bytes(buf[at + 16..at + 18].try_into().unwrap_or_default())
-                        as usize;
-                if reclen < 19 || at + reclen > end {
-                    return Err(Errno::EIO);
-                }
-                let typ = buf[at + 18];
-                let raw = &buf[at + 19..at + reclen];
-                let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-                let entry = DirEntry {
-                    ino,
-                    next,
-                    typ,
-                    name: raw[..len].to_vec(),
-                };
-                if !take(&entry) {
+            while let Some(entry) = stream.pending.front() {
+                if !take(entry) {
+                    stream.resume_at = Some(at_cookie);
                     return Ok(());
                 }
-                at += reclen;
+                at_cookie = entry.next;
+                stream.pending.pop_front();
+            }
+            if read_entries(handle.fd.as_fd(), &mut buf, &mut stream.pending)? == 0 {
+                stream.resume_at = Some(at_cookie);
+                return Ok(());
             }
         }
     }
@@ -790,6 +784,9 @@ impl PassthroughFs {
             _ => return Err(Errno::EINVAL),
         };
         let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        // A directory listing cannot continue from where the fd was once it moved.
+        let mut stream = handle.dir.lock().unwrap_or_else(|p| p.into_inner());
+        *stream = DirStream::default();
         let at = nix::unistd::lseek(&handle.fd, offset, whence)?;
         Ok(at as u64)
     }
@@ -799,4 +796,49 @@ impl PassthroughFs {
     pub fn inode_count(&self) -> usize {
         self.table().by_id.len()
     }
+}
+
+/// Reads the next batch of entries of the directory `fd` into `into`; returns how many.
+fn read_entries(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    into: &mut std::collections::VecDeque<DirEntry>,
+) -> FsResult<usize> {
+    // SAFETY: getdents64 writes at most `buf.len()` bytes into the buffer, which lives across
+    // the call; the fd is an open directory.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    let end = n as usize;
+    let mut at = 0usize;
+    let mut count = 0;
+    // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name NUL-ended.
+    while at + 19 <= end {
+        let ino = u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or_default());
+        let next = u64::from_ne_bytes(buf[at + 8..at + 16].try_into().unwrap_or_default());
+        let reclen =
+            u16::from_ne_bytes(buf[at + 16..at + 18].try_into().unwrap_or_default()) as usize;
+        if reclen < 19 || at + reclen > end {
+            return Err(Errno::EIO);
+        }
+        let raw = &buf[at + 19..at + reclen];
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        into.push_back(DirEntry {
+            ino,
+            next,
+            typ: buf[at + 18],
+            name: raw[..len].to_vec(),
+        });
+        count += 1;
+        at += reclen;
+    }
+    Ok(count)
 }

@@ -430,6 +430,60 @@ fn symlinks_hard_links_and_directory_listings() {
     assert!(st.bsize > 0 && st.namelen > 0);
 }
 
+/// `rm -rf` lists a directory in chunks and unlinks each chunk's entries before asking for the
+/// next: every entry must still come back exactly once (a listing that seeks to the cookie after
+/// the unlinks skips entries on filesystems whose cookies are positions).
+#[test]
+fn listing_while_unlinking_returns_every_entry_once() {
+    let mut g = Guest::new(false);
+    let dir = g.mkdir(abi::ROOT_ID, "d").unwrap();
+    for i in 0..300 {
+        std::fs::write(g.path(&format!("d/f{i:03}")), b"x").unwrap();
+    }
+    let fh = g
+        .call(opcode::OPENDIR, dir, abi::OpenIn::default().as_slice())
+        .obj::<abi::OpenOut>(0)
+        .fh;
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let args = abi::ReadIn {
+            fh,
+            offset,
+            size: 4096,
+            ..Default::default()
+        };
+        let r = g.call(opcode::READDIR, dir, args.as_slice());
+        r.ok();
+        if r.body.is_empty() {
+            break;
+        }
+        let mut at = 0;
+        let mut chunk = Vec::new();
+        while at < r.body.len() {
+            let d: abi::Dirent = r.obj(at);
+            let name_at = at + std::mem::size_of::<abi::Dirent>();
+            let name =
+                String::from_utf8(r.body[name_at..name_at + d.namelen as usize].to_vec()).unwrap();
+            chunk.push(name);
+            offset = d.off;
+            at += abi::dirent_size(d.namelen as usize);
+        }
+        for name in chunk.iter().filter(|n| n.starts_with('f')) {
+            g.call(opcode::UNLINK, dir, &cstr(name)).ok();
+        }
+        seen.extend(chunk);
+    }
+    let files: Vec<&String> = seen.iter().filter(|n| n.starts_with('f')).collect();
+    let mut unique = files.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(files.len(), 300, "entries returned: {}", files.len());
+    assert_eq!(unique.len(), 300, "some entries came back twice");
+    assert_eq!(std::fs::read_dir(g.path("d")).unwrap().count(), 0);
+    g.call(opcode::RMDIR, abi::ROOT_ID, &cstr("d")).ok();
+}
+
 #[test]
 fn no_name_reaches_outside_the_shared_directory() {
     let mut g = Guest::new(false);
