@@ -4,11 +4,12 @@
 //! `paddock run` itself runs before it starts a VM.
 
 use crate::cli::RunArgs;
-use crate::config;
+use crate::config::{self, FsRequest};
 use crate::default_guest;
 use crate::placement::{self, allowed, plan, realtime, CpuOptions};
 use crate::privilege;
 use crate::seccomp;
+use crate::virtiofsd::launch::bundled_shares;
 use crate::EXIT_CANNOT_START;
 use caps::CapSet;
 use std::path::Path;
@@ -97,8 +98,17 @@ pub fn check(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return bad_input(e),
     };
-    let memory = match config::parse_memory(&args.memory) {
+    let mut memory = match config::parse_memory(&args.memory) {
         Ok(m) => m,
+        Err(e) => return bad_input(e),
+    };
+    let fs_requests = match args
+        .fs
+        .iter()
+        .map(|f| config::parse_fs(f))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(f) => f,
         Err(e) => return bad_input(e),
     };
     let nets = match args
@@ -124,6 +134,7 @@ pub fn check(user: Option<&str>, args: RunArgs) -> ExitCode {
     kernel_files(&mut report, &args);
     kvm(&mut report, cpus.boot);
     taps(&mut report, nets, cpus.boot);
+    shares(&mut report, &fs_requests, &mut memory);
     guest_ram(&mut report, &memory);
     cpu_placement(&mut report, &cpus, nice_origin);
     seccomp_filters(&mut report, args.seccomp);
@@ -238,6 +249,77 @@ fn taps(report: &mut Report, nets: Vec<vmm::net::NetSpec>, boot: u8) {
                 if multi { "on" } else { "off" }
             )
         });
+    }
+}
+
+/// `--fs` shares: a `path=` directory the bundled backend will serve, or the socket of a backend
+/// the user started. The socket is not connected to: a vhost-user backend serves one frontend
+/// and virtiofsd exits when it leaves, so a check would use up the backend the VM needs.
+fn shares(report: &mut Report, requests: &[FsRequest], memory: &mut MemoryConfig) {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::fs::FileTypeExt;
+    for request in requests {
+        match request {
+            FsRequest::Path {
+                config,
+                dir,
+                readonly,
+            } => {
+                let need = format!("fs {}", config.tag);
+                if let Err(e) = bundled_shares::check_dir(&config.tag, dir) {
+                    report.fail(&need, e);
+                    continue;
+                }
+                let shown = dir.display();
+                if let Err(e) = access(dir, AccessFlags::R_OK | AccessFlags::X_OK) {
+                    report.fail(
+                        &need,
+                        format!("{shown}: {e}: this user cannot list it; give it read and search (r-x) permission"),
+                    );
+                    continue;
+                }
+                let mode = match (readonly, access(dir, AccessFlags::W_OK)) {
+                    (true, _) => "read-only".to_string(),
+                    (false, Ok(())) => "read-write".to_string(),
+                    (false, Err(e)) => format!(
+                        "read-write asked, but {e} for this user: guest writes to its top level will fail; add ,ro or give write permission"
+                    ),
+                };
+                report.ok(
+                    &need,
+                    format!("{shown}, served by paddock virtiofsd as this user, {mode}"),
+                );
+            }
+            FsRequest::Socket(spec) => {
+                let need = format!("fs {}", spec.config.tag);
+                let shown = spec.socket.display();
+                match std::fs::metadata(&spec.socket) {
+                    Err(e) => report.fail(
+                        &need,
+                        format!("socket {shown}: {e}: start the vhost-user-fs backend first"),
+                    ),
+                    Ok(m) if !m.file_type().is_socket() => report.fail(
+                        &need,
+                        format!("{shown} is not a socket: give the backend's --socket-path"),
+                    ),
+                    Ok(_) => match access(&spec.socket, AccessFlags::W_OK) {
+                        Err(e) => report.fail(
+                            &need,
+                            format!("socket {shown}: {e}: this user cannot connect; let the backend run as this user or open the socket's permissions"),
+                        ),
+                        Ok(()) => report.ok(
+                            &need,
+                            format!("socket {shown} present (not connected to: a backend serves one VM)"),
+                        ),
+                    },
+                }
+            }
+        }
+    }
+    // As run does (vmm::vm): a vhost-user backend maps guest RAM too.
+    if !requests.is_empty() && !memory.shared {
+        memory.shared = true;
+        report.info("memory", "mapped shared (fd-backed) for the --fs backends");
     }
 }
 

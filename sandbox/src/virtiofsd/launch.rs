@@ -224,7 +224,7 @@ pub mod bundled_shares {
     /// This very binary, whatever the name it was started by.
     const SELF_EXE: &str = "/proc/self/exe";
 
-    fn check_dir(tag: &str, dir: &Path) -> Result<(), ShareError> {
+    pub fn check_dir(tag: &str, dir: &Path) -> Result<(), ShareError> {
         let (tag, shown) = (tag.to_string(), dir.display().to_string());
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => Ok(()),
