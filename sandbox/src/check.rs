@@ -102,7 +102,7 @@ pub fn check(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return bad_input(e),
     };
-    let fs_requests = match args
+    let mut fs_requests = match args
         .fs
         .iter()
         .map(|f| config::parse_fs(f))
@@ -111,6 +111,11 @@ pub fn check(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return bad_input(e),
     };
+    // `--rootfs DIR` is a `path=` share like the others.
+    match args.rootfs.as_deref().map(config::parse_rootfs).transpose() {
+        Ok(r) => fs_requests.extend(r),
+        Err(e) => return bad_input(e),
+    }
     let nets = match args
         .net
         .iter()
@@ -132,6 +137,7 @@ pub fn check(user: Option<&str>, args: RunArgs) -> ExitCode {
     }
     user_and_caps(&mut report, user.is_some());
     kernel_files(&mut report, &args);
+    rootfs_initramfs(&mut report, &args);
     kvm(&mut report, cpus.boot);
     taps(&mut report, nets, cpus.boot);
     shares(&mut report, &fs_requests, &mut memory);
@@ -195,6 +201,16 @@ fn kernel_files(report: &mut Report, args: &RunArgs) {
                 ),
             ),
         }
+    }
+}
+
+/// `--rootfs` with a user kernel needs an initramfs that mounts the tree, as run refuses.
+fn rootfs_initramfs(report: &mut Report, args: &RunArgs) {
+    if args.rootfs.is_some() && args.kernel.is_some() && args.initramfs.is_none() {
+        report.fail(
+            "rootfs",
+            "--kernel without --initramfs: --rootfs needs an initramfs whose /init mounts the tree (the default guest's does)",
+        );
     }
 }
 
@@ -265,7 +281,10 @@ fn shares(report: &mut Report, requests: &[FsRequest], memory: &mut MemoryConfig
                 dir,
                 readonly,
             } => {
-                let need = format!("fs {}", config.tag);
+                let need = match config.tag == config::ROOTFS_TAG {
+                    true => "rootfs".to_string(),
+                    false => format!("fs {}", config.tag),
+                };
                 if let Err(e) = bundled_shares::check_dir(&config.tag, dir) {
                     report.fail(&need, e);
                     continue;

@@ -114,6 +114,12 @@ pub struct RunArgs {
     /// docs/virtiofs.md.
     #[arg(long, value_name = "tag=TAG,path=DIR|socket=PATH,...")]
     pub fs: Vec<String>,
+    /// Boot with host directory DIR as the guest's root filesystem (e.g. a debootstrap tree):
+    /// the default guest mounts it over virtio-fs, served by the bundled backend, and runs CMD
+    /// in it (a shell without CMD). `ro` refuses writes. A user --initramfs must honour the
+    /// default guest's `paddock.rootfs=TAG` protocol. See docs/virtiofs.md.
+    #[arg(long, value_name = "DIR[,ro]")]
+    pub rootfs: Option<String>,
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]
     pub serial: String,

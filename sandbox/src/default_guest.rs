@@ -20,6 +20,24 @@ pub enum DefaultGuestError {
     Quote(String),
 }
 
+/// Asks the default guest's /init to mount the virtio-fs share with this tag as its root and to
+/// run the command there: `paddock.rootfs=TAG`. The kernel ignores `x.y=` words it does not know
+/// (they look like module parameters) and hands them neither to init's arguments nor its
+/// environment.
+const ROOTFS_PARAM: &str = "paddock.rootfs";
+/// Mount options for that root (`ro`), like the kernel's own `rootflags=`.
+const ROOTFLAGS_PARAM: &str = "paddock.rootflags";
+
+/// Adds the `--rootfs` words to a kernel command line (before any ` -- ` command words, which
+/// [`append_command`] adds afterwards).
+pub fn append_rootfs(cmdline: &str, tag: &str, readonly: bool) -> String {
+    let mut out = format!("{cmdline} {ROOTFS_PARAM}={tag}");
+    if readonly {
+        out.push_str(&format!(" {ROOTFLAGS_PARAM}=ro"));
+    }
+    out
+}
+
 pub struct DefaultGuest {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
@@ -147,6 +165,17 @@ mod tests {
         assert_eq!(c, "quiet -- sh -c \"exit 7\"");
         assert_eq!(append_command("quiet", &[]).unwrap(), "quiet");
         assert!(append_command("q", &["a\"b".into()]).is_err());
+    }
+
+    #[test]
+    fn rootfs_words_come_before_the_command() {
+        let c = append_rootfs("quiet", "paddock-rootfs", true);
+        assert_eq!(
+            c,
+            "quiet paddock.rootfs=paddock-rootfs paddock.rootflags=ro"
+        );
+        let c = append_command(&append_rootfs("quiet", "r", false), &["ls".into()]).unwrap();
+        assert_eq!(c, "quiet paddock.rootfs=r -- ls");
     }
 
     #[test]

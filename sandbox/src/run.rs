@@ -14,6 +14,11 @@ use std::sync::atomic::Ordering;
 use vmm::threads::ThreadCategory;
 use vmm::vm::{Outcome, Vm, VmConfig};
 
+/// `--rootfs` relies on an initramfs whose /init mounts the tree; a bare user kernel has none.
+#[derive(Debug, thiserror::Error)]
+#[error("--rootfs needs an initramfs whose /init mounts the tree (paddock.rootfs=TAG, as the default guest's does): add --initramfs, or drop --kernel to boot the default guest")]
+struct RootfsNeedsInitramfs;
+
 fn cannot_start(err: impl std::fmt::Display) -> ExitCode {
     eprintln!("paddock: {err}");
     ExitCode::from(EXIT_CANNOT_START)
@@ -62,7 +67,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };
-    let fs_requests = match args
+    let mut fs_requests = match args
         .fs
         .iter()
         .map(|f| config::parse_fs(f))
@@ -71,6 +76,18 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return cannot_start(e),
     };
+    let rootfs = match args.rootfs.as_deref().map(config::parse_rootfs).transpose() {
+        Ok(r) => r,
+        Err(e) => return cannot_start(e),
+    };
+    let rootfs_readonly = match &rootfs {
+        Some(config::FsRequest::Path { readonly, .. }) => Some(*readonly),
+        _ => None,
+    };
+    if rootfs.is_some() && args.kernel.is_some() && args.initramfs.is_none() {
+        return cannot_start(RootfsNeedsInitramfs);
+    }
+    fs_requests.extend(rootfs);
     let serial = match config::parse_serial(&args.serial) {
         Ok(s) => s,
         Err(e) => return cannot_start(e),
@@ -82,9 +99,12 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
             Err(e) => return cannot_start(e),
         },
     };
-    let base = args
+    let mut base = args
         .cmdline
         .unwrap_or_else(|| default_guest::DEFAULT_CMDLINE.to_string());
+    if let Some(readonly) = rootfs_readonly {
+        base = default_guest::append_rootfs(&base, config::ROOTFS_TAG, readonly);
+    }
     let cmdline = match default_guest::append_command(&base, &args.command) {
         Ok(c) => c,
         Err(e) => return cannot_start(e),
@@ -148,7 +168,9 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
     match outcome {
         Outcome::PowerOff => {
             let status = guest_status.load(Ordering::Acquire);
-            if args.command.is_empty() || status == NO_STATUS {
+            // Without CMD the default guest reports a status only when it could not start
+            // (a --rootfs that does not mount).
+            if status == NO_STATUS {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(status.clamp(0, 255) as u8)

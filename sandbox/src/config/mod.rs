@@ -24,6 +24,8 @@ pub enum ConfigError {
     Fs { text: String, reason: String },
     #[error("--serial `{0}`: use stdout, off, or file=PATH")]
     Serial(String),
+    #[error("--rootfs `{text}`: {reason}; the syntax is --rootfs DIR[,ro]")]
+    Rootfs { text: String, reason: String },
 }
 
 pub enum SerialTarget {
@@ -160,6 +162,11 @@ pub fn parse_fs(text: &str) -> Result<FsRequest, ConfigError> {
         &["tag", "socket", "path", "ro", "queues", "queue_size"],
     )?;
     let tag = kv.get("tag").ok_or_else(|| fail("no tag".into()))?;
+    if tag == ROOTFS_TAG {
+        return Err(fail(format!(
+            "the tag `{ROOTFS_TAG}` is reserved for --rootfs: choose another tag"
+        )));
+    }
     let number = |key: &str, default: u64| -> Result<u64, ConfigError> {
         match kv.get(key) {
             None => Ok(default),
@@ -208,6 +215,35 @@ pub fn parse_fs(text: &str) -> Result<FsRequest, ConfigError> {
             "no path or socket: give path=DIR (the host directory to share) or socket=PATH (a running vhost-user-fs backend)".into(),
         )),
     }
+}
+
+/// The virtio-fs tag of the `--rootfs` share, which the default guest's /init mounts as its root.
+pub const ROOTFS_TAG: &str = "paddock-rootfs";
+
+/// `--rootfs DIR[,ro]`: the guest's root filesystem served from host directory DIR by the bundled
+/// backend, as a `path=` share with the reserved tag [`ROOTFS_TAG`]. Only a final `,ro` is an
+/// option, so a DIR with commas in its name still works.
+pub fn parse_rootfs(text: &str) -> Result<FsRequest, ConfigError> {
+    let (dir, readonly) = match text.strip_suffix(",ro") {
+        Some(dir) => (dir, true),
+        None => (text, false),
+    };
+    if dir.is_empty() {
+        return Err(ConfigError::Rootfs {
+            text: text.to_string(),
+            reason: "no directory: give the host directory that is the guest's /".into(),
+        });
+    }
+    let config = vmm::fs::FsConfig::new(ROOTFS_TAG, FS_DEFAULT_QUEUES, FS_DEFAULT_QUEUE_SIZE)
+        .map_err(|e| ConfigError::Rootfs {
+            text: text.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(FsRequest::Path {
+        config,
+        dir: PathBuf::from(dir),
+        readonly,
+    })
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -348,6 +384,40 @@ mod tests {
         assert!(err("tag=t,path=/srv,ro=yes").contains("ro=`yes`"));
         assert!(err("tag=t,path=/srv,ro,ro").contains("given twice"));
         assert!(err(&format!("tag={},path=/srv", "x".repeat(37))).contains("more than the 36"));
+    }
+
+    #[test]
+    fn rootfs_syntax() {
+        let rootfs = |text: &str| match parse_rootfs(text).expect(text) {
+            FsRequest::Path {
+                config,
+                dir,
+                readonly,
+            } => (config.tag, dir, readonly),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            rootfs("/srv/debian"),
+            (ROOTFS_TAG.to_string(), PathBuf::from("/srv/debian"), false)
+        );
+        assert_eq!(
+            rootfs("/srv/debian,ro"),
+            (ROOTFS_TAG.to_string(), PathBuf::from("/srv/debian"), true)
+        );
+        // Only a final `,ro` is the flag.
+        assert_eq!(rootfs("/srv/a,b").1, PathBuf::from("/srv/a,b"));
+        assert!(parse_rootfs("")
+            .unwrap_err()
+            .to_string()
+            .contains("no directory"));
+        assert!(parse_rootfs(",ro")
+            .unwrap_err()
+            .to_string()
+            .contains("no directory"));
+        let taken = parse_fs(&format!("tag={ROOTFS_TAG},path=/srv"))
+            .unwrap_err()
+            .to_string();
+        assert!(taken.contains("reserved for --rootfs"), "{taken}");
     }
 
     #[test]

@@ -16,26 +16,40 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("--fs tag={tag}: creating the runtime directory under {base}: {source}: set XDG_RUNTIME_DIR or TMPDIR to a writable directory")]
+    #[error("{}: creating the runtime directory under {base}: {source}: set XDG_RUNTIME_DIR or TMPDIR to a writable directory", option_name(tag))]
     RuntimeDir {
         tag: String,
         base: String,
         source: std::io::Error,
     },
-    #[error("--fs tag={tag}: starting `{exe} virtiofsd`: {source}")]
+    #[error("{}: starting `{exe} virtiofsd`: {source}", option_name(tag))]
     Spawn {
         tag: String,
         exe: String,
         source: std::io::Error,
     },
-    #[error("--fs tag={tag}: the virtiofsd for {dir} exited with {status} before serving (its message is above)")]
+    #[error(
+        "{}: the virtiofsd for {dir} exited with {status} before serving (its message is above)",
+        option_name(tag)
+    )]
     Exited {
         tag: String,
         dir: String,
         status: std::process::ExitStatus,
     },
-    #[error("--fs tag={tag}: the virtiofsd for {dir} made no socket within {secs} s")]
+    #[error(
+        "{}: the virtiofsd for {dir} made no socket within {secs} s",
+        option_name(tag)
+    )]
     Timeout { tag: String, dir: String, secs: u64 },
+}
+
+/// The option a share came from, for messages: `--rootfs` or `--fs tag=T`.
+fn option_name(tag: &str) -> String {
+    match tag == crate::config::ROOTFS_TAG {
+        true => "--rootfs".into(),
+        false => format!("--fs tag={tag}"),
+    }
 }
 
 /// What to serve.
@@ -200,21 +214,21 @@ impl Drop for RunningShare {
 /// `paddock run`'s `--fs`: starts the bundled backend for every `path=` share, and gives back what
 /// the VM connects to (in `--fs` order) with the started shares.
 pub mod bundled_shares {
-    use super::{LaunchError, RunningShare, ShareSpec};
+    use super::{option_name, LaunchError, RunningShare, ShareSpec};
     use crate::config::FsRequest;
     use std::path::{Path, PathBuf};
     use vmm::fs::FsSpec;
 
     #[derive(Debug, thiserror::Error)]
     pub enum ShareError {
-        #[error("--fs tag={tag}: path={dir} does not exist: give an existing directory to share")]
-        Missing { tag: String, dir: String },
-        #[error("--fs tag={tag}: path={dir} is not a directory: give the directory to share")]
-        NotDirectory { tag: String, dir: String },
-        #[error("--fs tag={tag}: path={dir}: {source}: give a directory this user can read")]
+        #[error("{what} does not exist: give an existing directory")]
+        Missing { what: String },
+        #[error("{what} is not a directory: give a directory")]
+        NotDirectory { what: String },
+        #[error("{what}: {source}: this user (uid {uid}) cannot list it; give it read and search (r-x) permission")]
         Unreadable {
-            tag: String,
-            dir: String,
+            what: String,
+            uid: u32,
             source: std::io::Error,
         },
         #[error(transparent)]
@@ -224,19 +238,27 @@ pub mod bundled_shares {
     /// This very binary, whatever the name it was started by.
     const SELF_EXE: &str = "/proc/self/exe";
 
+    /// Whether the backend, which runs as this process's user, can serve `dir`: a directory it
+    /// can list. `paddock check` reports the same.
     pub fn check_dir(tag: &str, dir: &Path) -> Result<(), ShareError> {
-        let (tag, shown) = (tag.to_string(), dir.display().to_string());
+        // `--rootfs DIR` or `--fs tag=T: path=DIR`.
+        let what = match tag == crate::config::ROOTFS_TAG {
+            true => format!("--rootfs {}", dir.display()),
+            false => format!("{}: path={}", option_name(tag), dir.display()),
+        };
+        let unreadable = |what, source| ShareError::Unreadable {
+            what,
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            uid: unsafe { libc::geteuid() },
+            source,
+        };
         match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(ShareError::NotDirectory { tag, dir: shown }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(ShareError::Missing { tag, dir: shown })
-            }
-            Err(source) => Err(ShareError::Unreadable {
-                tag,
-                dir: shown,
-                source,
-            }),
+            Ok(m) if m.is_dir() => std::fs::read_dir(dir)
+                .map(drop)
+                .map_err(|e| unreadable(what, e)),
+            Ok(_) => Err(ShareError::NotDirectory { what }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ShareError::Missing { what }),
+            Err(e) => Err(unreadable(what, e)),
         }
     }
 
@@ -306,6 +328,23 @@ pub mod bundled_shares {
             let err = start_one(&format!("tag=t,path={},ro", file.display())).unwrap_err();
             assert!(matches!(err, ShareError::NotDirectory { .. }), "{err}");
             assert!(err.to_string().contains(&file.display().to_string()));
+        }
+
+        #[test]
+        fn rootfs_errors_name_the_option() {
+            let dir = tempfile::tempdir().unwrap();
+            let missing = dir.path().join("nope");
+            let request = crate::config::parse_rootfs(&missing.display().to_string()).unwrap();
+            let err = start(vec![request], crate::seccomp::Mode::Enforce)
+                .err()
+                .expect("a missing rootfs was served");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "--rootfs {} does not exist: give an existing directory",
+                    missing.display()
+                )
+            );
         }
 
         #[test]

@@ -1,0 +1,224 @@
+//! `paddock run --rootfs DIR -- CMD` in the KVM test host (or on hardware KVM): the default guest
+//! boots with host directory DIR as its root over virtio-fs (the bundled backend) and runs CMD
+//! in it. The tree is built in L1 by uid 1000 from the guest's static busybox (one link per
+//! applet) plus L1's dynamically linked dash with its ld.so and libc, so a program loaded through
+//! the tree's own dynamic linker runs too. Checked: CMD's output and exit status are paddock's,
+//! the guest's `/` is the tree (its listing, the virtio-fs root in /proc/mounts, proc and a tmpfs
+//! /tmp mounted), a file written in the guest is in DIR on the host with the same content, `,ro`
+//! refuses writes with EROFS, a command the tree lacks ends with 127 and chroot's message, a
+//! share that does not mount is one line and status 125, and bad `--rootfs` values are exit 2
+//! with one line, leaving no backend process and no runtime directory behind.
+//!
+//! Needs the release binaries first: `cargo build --release -p sandbox -p paddock-tests`.
+
+use std::time::Duration;
+
+use paddock_tests::testhost::{CheckResult, Scenario};
+
+/// Five guest boots under nested emulation.
+const BOOTS: Duration = Duration::from_secs(900);
+const ERRORS: Duration = Duration::from_secs(120);
+
+/// Builds `$T`, a root tree readable by uid 1000, and points paddock at the default guest.
+const PREAMBLE: &str = r#"export PADDOCK_GUEST_DIR=$GUEST
+T=$HOME/tree
+rm -rf $T; mkdir -p $T/bin $T/etc $T/proc $T/sys $T/dev $T/tmp $T/run $T/root $T/lib/x86_64-linux-gnu $T/lib64
+(cd $T && zcat $GUEST/initramfs.cpio.gz | cpio -id bin/busybox 2>/dev/null)
+[ -x $T/bin/busybox ] || { echo "no busybox in $GUEST/initramfs.cpio.gz"; exit 10; }
+for applet in $($T/bin/busybox --list); do [ -e $T/bin/$applet ] || ln -s busybox $T/bin/$applet; done
+cp /bin/dash $T/bin/dash
+cp /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 $T/lib/x86_64-linux-gnu/
+ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 $T/lib64/ld-linux-x86-64.so.2
+echo marker-4f1c > $T/marker
+"#;
+
+const BOOTS_CHECK: &str = r#"cat > $T/check.sh <<'GUEST'
+echo "root_listing=$(ls / | tr '\n' ' ')"
+echo "root_mount=$(grep ' / ' /proc/mounts | cut -d' ' -f1,3)"
+echo "proc_mounted=$(grep -c '^proc /proc proc' /proc/mounts)"
+echo "tmp_fs=$(grep ' /tmp ' /proc/mounts | cut -d' ' -f3)"
+echo "cwd=$(pwd) home=$HOME"
+echo "dash=$(dash -c 'echo ran-from-tree')"
+echo written-in-guest > /written.txt
+exit 7
+GUEST
+cat > $T/ro-check.sh <<'GUEST'
+echo "ro_marker=$(cat /marker)"
+echo "ro_create=$(echo x 2>&1 > /ro-file)"
+echo "ro_options=$(grep ' / ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1)"
+GUEST
+paddock run --memory 512M --rootfs $T -- cat /marker
+echo "cat_status=$?"
+paddock run --memory 512M --rootfs $T -- sh /check.sh
+echo "check_status=$?"
+echo "host_written=$(cat $T/written.txt)"
+paddock run --memory 512M --rootfs $T,ro -- sh /ro-check.sh
+echo "ro_status=$?"
+[ -e $T/ro-file ] && echo "host_ro_file=present" || echo "host_ro_file=absent"
+paddock run --memory 512M --rootfs $T -- no-such-command > $HOME/missing.out 2>&1
+echo "missing_status=$?"
+echo "missing_says=$(grep -c "can't execute 'no-such-command'" $HOME/missing.out)"
+paddock run --memory 512M --cmdline "console=ttyS0 8250.nr_uarts=1 panic=1 reboot=acpi quiet paddock.rootfs=no-such-tag" -- true > $HOME/nomount.out 2>&1
+echo "nomount_status=$?"
+echo "nomount_line=$(grep -c '^paddock rootfs: cannot mount the virtio-fs share no-such-tag as the root' $HOME/nomount.out)"
+"#;
+
+/// Bad `--rootfs` values: exit 2 and one line; nothing is left behind.
+const ERRORS_CHECK: &str = r#"touch $HOME/plain
+try() {
+    out=$(paddock run --memory 512M "$@" -- true 2>&1); st=$?
+    echo "status=$st lines=$(printf '%s\n' "$out" | wc -l) $out"
+}
+echo "missing: $(try --rootfs $HOME/nope)"
+echo "notdir: $(try --rootfs $HOME/plain)"
+echo "reserved: $(try --rootfs $T --fs tag=paddock-rootfs,path=$T)"
+echo "nokernelinit: $(try --kernel $GUEST/vmlinuz --rootfs $T)"
+RT=${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}
+echo "left_dirs=$(ls $RT | grep -c '^paddock-.*-fs-')"
+echo "left_backends=$(grep -la 'virtiofs[d]' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
+echo "check_line=$(paddock check --memory 512M --rootfs $T,ro | grep rootfs)"
+echo "check_missing=$(paddock check --memory 512M --rootfs $HOME/nope | grep rootfs)"
+"#;
+
+/// The value of the first `key=value` line with this key.
+fn field<'a>(r: &'a CheckResult, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    r.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(str::trim))
+}
+
+fn line<'a>(r: &'a CheckResult, key: &str) -> &'a str {
+    let prefix = format!("{key}: ");
+    r.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn rootfs_runs_the_command_in_the_host_tree() {
+    let mut s = Scenario::new("rootfs");
+    s.check_as_user("boots", BOOTS, &format!("{PREAMBLE}{BOOTS_CHECK}"))
+        .check_as_user("errors", ERRORS, &format!("{PREAMBLE}{ERRORS_CHECK}"));
+    let Some(report) = s.run().expect("rootfs scenario") else {
+        return;
+    };
+    let mut failed = Vec::new();
+    let mut expect = |r: &CheckResult, ok: bool, what: &str| {
+        if !ok {
+            failed.push(format!("{what}\n{r}"));
+        }
+    };
+
+    let r = report.check("boots");
+    let is = |key: &str, want: &str| field(r, key) == Some(want);
+    expect(
+        r,
+        r.stdout.lines().any(|l| l.trim() == "marker-4f1c") && is("cat_status", "0"),
+        "`--rootfs TREE -- cat /marker` prints the tree's marker and exits 0",
+    );
+    expect(
+        r,
+        is("check_status", "7"),
+        "CMD's exit status (7) is paddock's",
+    );
+    let listing = field(r, "root_listing").unwrap_or_default();
+    expect(
+        r,
+        ["bin", "check.sh", "marker", "proc", "tmp"]
+            .iter()
+            .all(|e| listing.split(' ').any(|l| l == *e)),
+        "the guest's / lists the tree's entries",
+    );
+    expect(
+        r,
+        is("root_mount", "paddock-rootfs virtiofs"),
+        "the guest's / is the virtio-fs share",
+    );
+    expect(r, is("proc_mounted", "1"), "/proc is mounted in the tree");
+    expect(r, is("tmp_fs", "tmpfs"), "/tmp is a tmpfs in the tree");
+    expect(
+        r,
+        is("cwd", "/ home=/root"),
+        "CMD runs in / with HOME=/root",
+    );
+    expect(
+        r,
+        is("dash", "ran-from-tree"),
+        "a dynamically linked program runs through the tree's own ld.so and libc",
+    );
+    expect(
+        r,
+        is("host_written", "written-in-guest"),
+        "a file the guest wrote is in the host tree with the same content",
+    );
+    expect(
+        r,
+        is("ro_status", "0") && is("ro_marker", "marker-4f1c"),
+        "a read-only tree reads",
+    );
+    expect(
+        r,
+        field(r, "ro_create").is_some_and(|v| v.contains("Read-only file system")),
+        "a read-only tree refuses writes with EROFS",
+    );
+    expect(r, is("ro_options", "ro"), "a read-only tree is mounted ro");
+    expect(
+        r,
+        is("host_ro_file", "absent"),
+        "nothing was written to a read-only tree",
+    );
+    expect(
+        r,
+        is("missing_status", "127") && is("missing_says", "1"),
+        "a command the tree lacks: status 127 and chroot's message naming it",
+    );
+    expect(
+        r,
+        is("nomount_status", "125") && is("nomount_line", "1"),
+        "a root share that does not mount: one line and status 125",
+    );
+
+    let r = report.check("errors");
+    for (key, words) in [
+        ("missing", "/nope does not exist"),
+        ("notdir", "/plain is not a directory"),
+        ("reserved", "reserved for --rootfs"),
+        ("nokernelinit", "--rootfs needs an initramfs"),
+    ] {
+        let l = line(r, key);
+        expect(
+            r,
+            l.starts_with("status=2 lines=1 paddock: ") && l.contains(words),
+            &format!("{key}: exit 2 with one line saying `{words}`"),
+        );
+    }
+    expect(
+        r,
+        field(r, "left_dirs") == Some("0"),
+        "no runtime directory left behind",
+    );
+    expect(
+        r,
+        field(r, "left_backends") == Some("0"),
+        "no backend process left behind",
+    );
+    expect(
+        r,
+        field(r, "check_line").is_some_and(|l| l.starts_with("ok") && l.contains("read-only")),
+        "paddock check reports the tree as usable, read-only",
+    );
+    expect(
+        r,
+        field(r, "check_missing")
+            .is_some_and(|l| l.starts_with("FAIL") && l.contains("does not exist")),
+        "paddock check reports a missing tree",
+    );
+    assert!(
+        failed.is_empty(),
+        "{} expectation(s) failed:\n\n{}",
+        failed.len(),
+        failed.join("\n\n")
+    );
+}
