@@ -7,7 +7,8 @@
 //! /tmp mounted), a file written in the guest is in DIR on the host with the same content, `,ro`
 //! refuses writes with EROFS, a command the tree lacks ends with 127 and chroot's message, a
 //! share that does not mount is one line and status 125, and bad `--rootfs` values are exit 2
-//! with one line, leaving no backend process and no runtime directory behind.
+//! with one line, leaving no backend process and no runtime directory behind (also when the VM
+//! fails after the tree's backend started).
 //!
 //! Needs the release binaries first: `cargo build --release -p sandbox -p paddock-tests`.
 
@@ -73,6 +74,8 @@ echo "missing: $(try --rootfs $HOME/nope)"
 echo "notdir: $(try --rootfs $HOME/plain)"
 echo "reserved: $(try --rootfs $T --fs tag=paddock-rootfs,path=$T)"
 echo "nokernelinit: $(try --kernel $GUEST/vmlinuz --rootfs $T)"
+# Fails after the tree's backend started: it must be stopped and its directory removed.
+echo "latefail: $(try --rootfs $T --fs tag=t,socket=$HOME/nope.sock)"
 RT=${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}
 echo "left_dirs=$(ls $RT | grep -c '^paddock-.*-fs-')"
 echo "left_backends=$(grep -la 'virtiofs[d]' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
@@ -186,6 +189,7 @@ fn rootfs_runs_the_command_in_the_host_tree() {
         ("notdir", "/plain is not a directory"),
         ("reserved", "reserved for --rootfs"),
         ("nokernelinit", "--rootfs needs an initramfs"),
+        ("latefail", "nope.sock"),
     ] {
         let l = line(r, key);
         expect(
