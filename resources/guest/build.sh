@@ -17,8 +17,9 @@ started=$(date +%s.%N)
 
 kernel_meta=linux-image-cloud-amd64
 user_packages=(busybox-static iperf3 ethtool)
-# virtio-pci transport, network (with failover), virtiofs and vsock; their dependencies are added.
-modules=(virtio virtio_ring virtio_pci virtio_net virtiofs fuse vsock vmw_vsock_virtio_transport)
+# virtio-pci transport, network (with failover), virtiofs and vsock, and the ACPI power button with
+# the input events busybox acpid reads; their dependencies are added.
+modules=(virtio virtio_ring virtio_pci virtio_net virtiofs fuse vsock vmw_vsock_virtio_transport evdev button)
 executables=(iperf3 ethtool)
 
 kernel_pkg=$(deb_memo deb_kernel_package "$kernel_meta")
@@ -26,7 +27,7 @@ closure=$(deb_memo deb_closure "${user_packages[@]}")
 mapfile -t packages <<<"$closure"
 packages+=("$kernel_pkg")
 versions=$(deb_memo deb_versions "${packages[@]}")
-key=$(inputs_hash "$here/build.sh" "$here/init" "$repo/resources/lib/debian.sh" \
+key=$(inputs_hash "$here/build.sh" "$here/init" "$here/power-button" "$repo/resources/lib/debian.sh" \
     "$repo/resources/lib/extract-vmlinux.sh" -- "$versions" "${modules[@]}" "${executables[@]}")
 
 report() {
@@ -60,6 +61,7 @@ root_install_busybox "$root"
 for e in "${executables[@]}"; do root_install_exec "$root" "$(deb_which "$e")"; done
 root_install_modules "$root" "$kdir" "${modules[@]}"
 install -m 755 "$here/init" "$root/init"
+install -D -m 755 "$here/power-button" "$root/etc/acpi/PWRF/00000080"
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 echo paddock-guest >"$root/etc/hostname"

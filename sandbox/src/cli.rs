@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// Guest serial console: `stdout`, `file=PATH` or `off`.
     #[arg(long, value_name = "stdout|file=PATH|off", default_value = "stdout")]
     pub serial: String,
+    /// Seconds the guest has to power off after SIGTERM or SIGINT pressed its ACPI power button;
+    /// then (or at a second signal) the run is stopped and paddock exits with 128 + the signal.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
     /// Seccomp filters on every thread: `enforce` (a forbidden call is reported and ends the
     /// run), `log` (allowed and logged by the kernel), `off` (no filters; debugging only).
     #[arg(long, value_enum, default_value = "enforce")]

@@ -9,6 +9,7 @@ mod policy;
 mod privilege;
 mod run;
 mod seccomp;
+mod shutdown_signals;
 mod virtiofsd;
 
 use clap::Parser;

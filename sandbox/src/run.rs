@@ -6,11 +6,14 @@ use crate::default_guest::{self, ExitWatcher, NO_STATUS};
 use crate::placement::{self, CpuOptions};
 use crate::privilege;
 use crate::seccomp;
+use crate::shutdown_signals::ShutdownSignals;
 use crate::virtiofsd::launch::bundled_shares;
 use crate::{EXIT_CANNOT_START, EXIT_GUEST_FAILED};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+use vmm::shutdown::GracefulShutdown;
 use vmm::threads::ThreadCategory;
 use vmm::vm::{Outcome, Vm, VmConfig};
 
@@ -35,6 +38,15 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
     {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
+    };
+    // Before any thread starts, so that every thread inherits the blocked mask.
+    let signals = match ShutdownSignals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            return cannot_start(format!(
+                "blocking SIGTERM/SIGINT for graceful shutdown: {e}"
+            ))
+        }
     };
     // Before any file or device is opened, so that everything is done as the user a pod runs as.
     let user = match user.map(privilege::parse_user).transpose() {
@@ -163,7 +175,12 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         // vCPUs are running: end the process rather than unwind around them.
         std::process::exit(EXIT_CANNOT_START.into());
     }
-    let outcome = vm.wait();
+    let mut take = || signals.take();
+    let outcome = vm.wait(Some(GracefulShutdown {
+        requests: signals.fd(),
+        take: &mut take,
+        grace: Duration::from_secs(args.shutdown_timeout),
+    }));
     let _ = std::io::stdout().flush();
     match outcome {
         Outcome::PowerOff => {
@@ -179,6 +196,10 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Outcome::Reset => {
             eprintln!("paddock: the guest reset (reboot, or a kernel panic with panic=N); Paddock does not reboot guests, the run ends");
             ExitCode::from(EXIT_GUEST_FAILED)
+        }
+        Outcome::Stopped(why) => {
+            eprintln!("paddock: {why}");
+            ExitCode::from(signals.exit_status())
         }
         Outcome::Fault(fault) => {
             eprintln!("paddock: {fault}");

@@ -1,6 +1,7 @@
 //! Linux guests booted by `paddock run` in the KVM test host (or directly on hardware KVM): the
 //! default guest as bzImage and as ELF vmlinux, with 1 and 2 vCPUs; the ready marker, `nproc`
-//! matching `--cpus`, the command's exit status coming back, poweroff and reset endings, and every
+//! matching `--cpus`, the command's exit status coming back, poweroff and reset endings, SIGTERM
+//! shutting the guest down through its ACPI power button, and every
 //! bad input refused with exit status 2 and one line on stderr. All checks share one L1 boot.
 //!
 //! Needs the release binaries first: `cargo build --release -p sandbox -p paddock-tests`, then
@@ -29,6 +30,24 @@ fn refused(args: &str) -> String {
 
 const GOOD_KERNEL: &str = r#"--kernel "$GUEST/vmlinuz" --initramfs "$GUEST/initramfs.cpio.gz""#;
 
+/// SIGTERM to paddock while the guest runs `sleep 600`: the guest's power button is pressed,
+/// its acpid ends the command (status 143) and the guest powers off well within the grace period.
+fn sigterm_check() -> String {
+    let run = run_guest("vmlinuz", 1, "--shutdown-timeout 120 -- sleep 600");
+    format!(
+        r#"{run} > "$HOME/sigterm.out" 2> "$HOME/sigterm.err" &
+P=$!
+i=0
+while ! grep -q PADDOCK-GUEST-READY "$HOME/sigterm.out"; do
+    i=$((i + 1)); if [ $i -gt 900 ]; then echo "no ready marker"; kill -9 $P; exit 90; fi; sleep 0.2
+done
+sleep 1
+T0=$(date +%s); kill -TERM $P; wait $P; S=$?
+cat "$HOME/sigterm.out"; cat "$HOME/sigterm.err" >&2
+echo "paddock_status=$S seconds=$(( $(date +%s) - T0 ))""#
+    )
+}
+
 fn scenario() -> Scenario {
     let mut s = Scenario::new("linux_boot");
     s.check_as_user(
@@ -54,6 +73,7 @@ fn scenario() -> Scenario {
     )
     .check_as_user("poweroff", BOOT, &run_guest("vmlinuz", 1, "-- poweroff -f"))
     .check_as_user("reboot", BOOT, &run_guest("vmlinuz", 1, "-- reboot -f"))
+    .check_as_user("sigterm", BOOT, &sigterm_check())
     .check_as_user(
         "pci-host-bridge",
         BOOT,
@@ -247,6 +267,24 @@ fn default_guest_boots_and_bad_input_is_refused() {
     v.expect(
         r.stderr.to_lowercase().contains("reset"),
         "reboot: the message must mention the reset",
+        r,
+    );
+    let r = report.check("sigterm");
+    let lines = guest_lines(r);
+    v.expect(
+        lines.contains(&"paddock-guest: power button pressed: stopping"),
+        "sigterm: the guest's acpid must see the power button",
+        r,
+    );
+    v.expect(
+        lines.contains(&"PADDOCK-GUEST-EXIT 143")
+            && lines.iter().any(|l| l.starts_with("paddock_status=143 ")),
+        "sigterm: the command must end with TERM (143) and paddock exit with its status",
+        r,
+    );
+    v.expect(
+        !r.stderr.contains("did not power off"),
+        "sigterm: the guest must power off by itself, not be stopped after the grace period",
         r,
     );
     let r = report.check("pci-host-bridge");

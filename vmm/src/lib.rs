@@ -8,6 +8,7 @@ pub mod memory;
 pub mod net;
 pub mod pci_bars;
 pub mod pinning;
+pub mod shutdown;
 pub mod threads;
 pub mod vcpu;
 pub mod virtio_plug;

@@ -8,6 +8,7 @@ use crate::memory::{self, GuestMemoryMmap, MemoryConfig, MemoryError};
 use crate::net::{self, NetAttachError, NetContext, NetSpec};
 use crate::pci_bars::KvmBarMapper;
 use crate::pinning::Placement;
+use crate::shutdown::{GracefulShutdown, PowerButton, StopReason};
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
 use devices::legacy;
 use devices::legacy::serial::{SerialConsole, SERIAL_PORT_SPAN};
@@ -19,7 +20,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 /// PCI configuration mechanism #1: address port 0xcf8, data ports 0xcfc..=0xcff.
@@ -107,6 +108,8 @@ pub enum Outcome {
     Reset,
     /// A vCPU stopped with an exit Paddock cannot handle.
     Fault(VcpuFault),
+    /// Stopped from outside without the guest powering off (see [`GracefulShutdown`]).
+    Stopped(StopReason),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +125,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     handles: Vec<VcpuHandle>,
     control: Arc<RunControl>,
+    power_button: PowerButton,
     _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     _pio: Arc<Bus>,
@@ -209,6 +213,7 @@ impl Vm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let serial = add_legacy_devices(&vm_fd, &pio, exit, cfg.serial_out)?;
+        let power_button = PowerButton::attach(&vm_fd)?;
         let pci = add_pci_root(&pio, &mmio, &vm_fd)?;
         let placement = Arc::new(cfg.placement);
         add_pci_devices(
@@ -246,6 +251,7 @@ impl Vm {
             vcpus,
             handles: Vec::new(),
             control,
+            power_button,
             _vm_fd: vm_fd,
             _kvm: kvm,
             _pio: pio,
@@ -269,25 +275,30 @@ impl Vm {
         Ok(())
     }
 
-    /// Blocks until the guest powers off, resets, or a vCPU faults; then stops every vCPU.
-    pub fn wait(&mut self) -> Outcome {
+    /// Blocks until the guest powers off, resets, or a vCPU faults, or until `shutdown` stops it;
+    /// then stops every vCPU. The first shutdown request presses the guest's power button; the
+    /// run is stopped hard when the grace period ends or on the next request.
+    pub fn wait(&mut self, mut shutdown: Option<GracefulShutdown<'_>>) -> Outcome {
         let exit_fd = self.control.exit.eventfd().as_raw_fd();
         let fault_fd = self.control.fault_eventfd().as_raw_fd();
+        let request_fd = shutdown.as_ref().map(|s| s.requests.as_raw_fd());
+        let mut deadline: Option<(Instant, Duration)> = None;
         let outcome = loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: exit_fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: fault_fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a valid array of two pollfd structs that lives across the call.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let mut fds = [exit_fd, fault_fd, request_fd.unwrap_or(-1)].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let timeout_ms = match deadline {
+                None => -1,
+                Some((at, _)) => {
+                    let left = at.saturating_duration_since(Instant::now()).as_millis();
+                    i32::try_from(left).unwrap_or(i32::MAX)
+                }
+            };
+            // SAFETY: `fds` is a valid array of pollfd structs that lives across the call; a
+            // negative fd (no shutdown source) is ignored by poll.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             if let Some(fault) = self.control.fault() {
                 break Outcome::Fault(fault);
             }
@@ -295,6 +306,26 @@ impl Vm {
                 Some(ExitRequest::PowerOff) => break Outcome::PowerOff,
                 Some(ExitRequest::Reset) => break Outcome::Reset,
                 None => {}
+            }
+            if let Some(s) = shutdown.as_mut() {
+                if fds[2].revents & libc::POLLIN != 0 && (s.take)() > 0 {
+                    if deadline.is_some() {
+                        break Outcome::Stopped(StopReason::AskedAgain);
+                    }
+                    log::info!(
+                        "shutdown asked: pressing the guest's power button ({} s to power off)",
+                        s.grace.as_secs()
+                    );
+                    if let Err(e) = self.power_button.press() {
+                        log::warn!("pressing the power button: {e}");
+                    }
+                    deadline = Some((Instant::now() + s.grace, s.grace));
+                }
+            }
+            if let Some((at, grace)) = deadline {
+                if Instant::now() >= at {
+                    break Outcome::Stopped(StopReason::GraceExpired(grace));
+                }
             }
         };
         self.stop_vcpus();

@@ -9,6 +9,11 @@
 /// COM1 base port and its ISA IRQ.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
+/// The interrupt of the ACPI Generic Event Device (GED) whose only event is the power button: an
+/// ISA line no other device uses, edge-triggered through the IOAPIC.
+pub const POWER_BUTTON_GSI: u32 = 5;
+/// What the GED's `_EVT` notifies the power button device with: "button pressed".
+pub const POWER_BUTTON_NOTIFY: u8 = 0x80;
 /// i8042 data and command/status ports.
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;

@@ -160,8 +160,8 @@ const SPAWNER: &[Allow] = &[
 /// starts threads by asking the spawner thread, so it needs no clone.
 #[rustfmt::skip]
 const VMM: &[Allow] = &[
-    always("read", libc::SYS_read, "the exit/fault eventfds; console input from stdin"),
-    always("poll", libc::SYS_poll, "wait for the guest's power-off/reset or a vCPU fault (vm.rs Vm::wait)"),
+    always("read", libc::SYS_read, "the exit/fault eventfds, the SIGTERM/SIGINT signalfd; console input from stdin"),
+    always("poll", libc::SYS_poll, "wait for the guest's power-off/reset, a vCPU fault or a shutdown signal (vm.rs Vm::wait)"),
     always("getpid", libc::SYS_getpid, "pthread_kill (the vCPU kick) names the process to tgkill"),
     always("tgkill", libc::SYS_tgkill, "kick a vCPU out of KVM_RUN with SIGRTMIN when the VM stops"),
     always("clock_nanosleep", libc::SYS_clock_nanosleep, "back-off while vCPUs stop and while the guest drains console input"),

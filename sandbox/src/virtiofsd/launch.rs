@@ -133,7 +133,10 @@ impl RunningShare {
             .arg(&spec.dir)
             .arg("--queues")
             .arg(spec.request_queues.to_string())
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            // Its own process group: Ctrl-C in a terminal reaches paddock, which shuts the guest
+            // down, and not the backend the guest still needs while it does.
+            .process_group(0);
         if spec.readonly {
             cmd.arg("--readonly");
         }

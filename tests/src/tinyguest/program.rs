@@ -58,6 +58,9 @@ pub enum Ending {
     TripleFault,
     /// `int3` in kernel mode: an internal error on kvm_pvm, a triple fault elsewhere (no IDT).
     Int3,
+    /// None: the guest halts with interrupts off for good, and only a stop from outside (a
+    /// signal to `paddock`) ends the run.
+    Halt,
 }
 
 /// A guest program, independent of the boot format that carries it.
@@ -357,6 +360,7 @@ impl Emitter {
                 self.a.ud2()?;
             }
             Ending::Int3 => self.a.int3()?,
+            Ending::Halt => {}
         }
         let mut halt = self.a.create_label();
         self.place(&mut halt)?;

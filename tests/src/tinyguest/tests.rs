@@ -7,12 +7,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ALL_FORMATS: [BootFormat; 3] = [BootFormat::Elf64, BootFormat::PvhElf, BootFormat::BzImage];
-const ALL_ENDINGS: [Ending; 5] = [
+const ALL_ENDINGS: [Ending; 6] = [
     Ending::AcpiPowerOff,
     Ending::I8042Reset,
     Ending::AcpiReset,
     Ending::TripleFault,
     Ending::Int3,
+    Ending::Halt,
 ];
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -8,7 +8,7 @@ use acpi_tables::sdt::{GenericAddress, Sdt};
 use acpi_tables::{aml, rsdp::Rsdp, Aml, AmlSink};
 use devices::legacy::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT,
+    ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT, POWER_BUTTON_GSI, POWER_BUTTON_NOTIFY,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -74,8 +74,8 @@ fn header(signature: &[u8; 4], revision: u8) -> Sdt {
     Sdt::new(*signature, 36, revision, OEM_ID, OEM_TABLE_ID, OEM_REVISION)
 }
 
-/// DSDT: `\_SB.COM1` (16550 at 0x3f8, IRQ 4), `\_S5_` for soft-off through the sleep register,
-/// then `devices` (placed in `\_SB`).
+/// DSDT: `\_SB.COM1` (16550 at 0x3f8, IRQ 4), the power button with the event device that
+/// presses it, `\_S5_` for soft-off through the sleep register, then `devices` (placed in `\_SB`).
 pub fn dsdt(devices: &[&dyn Aml]) -> Sdt {
     let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
     let uid = aml::Name::new("_UID".into(), &aml::ZERO);
@@ -84,7 +84,8 @@ pub fn dsdt(devices: &[&dyn Aml]) -> Sdt {
     let resources = aml::ResourceTemplate::new(vec![&io, &irq]);
     let crs = aml::Name::new("_CRS".into(), &resources);
     let com1 = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
-    let mut sb_children: Vec<&dyn Aml> = vec![&com1];
+    let power_button = PowerButton;
+    let mut sb_children: Vec<&dyn Aml> = vec![&com1, &power_button];
     sb_children.extend_from_slice(devices);
     let sb = aml::Scope::new("\\_SB_".into(), sb_children);
 
@@ -100,6 +101,28 @@ pub fn dsdt(devices: &[&dyn Aml]) -> Sdt {
     let mut table = header(b"DSDT", 2);
     table.append_slice(&body);
     table
+}
+
+/// A hardware-reduced platform has no fixed power button: `\_SB.PWRB` is a control-method power
+/// button (PNP0C0C), and `\_SB.GED0`, a Generic Event Device (ACPI0013), owns the interrupt the
+/// VMM raises to press it; its `_EVT` notifies PWRB, which Linux turns into KEY_POWER.
+struct PowerButton;
+
+impl Aml for PowerButton {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        aml::Device::new("PWRB".into(), vec![&hid, &uid]).to_aml_bytes(sink);
+
+        let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let irq = aml::Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&irq]));
+        let button = aml::Path::new("\\_SB_.PWRB");
+        let notify = aml::Notify::new(&button, &POWER_BUTTON_NOTIFY);
+        let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+        aml::Device::new("GED0".into(), vec![&hid, &uid, &crs, &evt]).to_aml_bytes(sink);
+    }
 }
 
 /// FADT of a hardware-reduced platform: sleep control/status registers, reset register.
@@ -482,6 +505,22 @@ mod pci_tests {
         assert_eq!(tables[2].1, dsdt(&[]).as_slice());
         let dsdt = disassemble("dsdt", &tables[2].1);
         assert!(!dsdt.contains("PCI0") && dsdt.contains("COM1"), "{dsdt}");
+    }
+
+    #[test]
+    fn power_button_is_a_ged_event_that_notifies_pwrb() {
+        let dsdt = disassemble("dsdt", dsdt(&[]).as_slice());
+        for needle in [
+            "Device (PWRB) { Name (_HID, EisaId (\"PNP0C0C\")) Name (_UID, Zero) }",
+            "Device (GED0) { Name (_HID, \"ACPI0013\")",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000005, }",
+            "Method (_EVT, 1, Serialized) { Notify (\\_SB.PWRB, 0x80) }",
+        ] {
+            assert!(
+                dsdt.contains(&squash(needle)),
+                "missing {needle:?} in:\n{dsdt}"
+            );
+        }
     }
 
     #[test]
