@@ -98,17 +98,32 @@ pub enum Direction {
 /// caller can drop the request instead of touching anything.
 pub fn map_chain<M>(
     mem: &GuestMemoryMmap,
-    mut chain: DescriptorChain<M>,
+    chain: DescriptorChain<M>,
     direction: Direction,
 ) -> Result<ChainBuffers, ChainError>
 where
     M: Deref<Target = GuestMemoryMmap>,
 {
+    let mut buffers = ChainBuffers::default();
+    map_chain_into(mem, chain, direction, &mut buffers)?;
+    Ok(buffers)
+}
+
+/// [`map_chain`] into `buffers`, whose previous contents are replaced: a device that maps a
+/// chain per frame reuses one allocation instead of making one per frame.
+pub fn map_chain_into<M>(
+    mem: &GuestMemoryMmap,
+    mut chain: DescriptorChain<M>,
+    direction: Direction,
+    buffers: &mut ChainBuffers,
+) -> Result<(), ChainError>
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
     let head = chain.head_index();
-    let mut buffers = ChainBuffers {
-        head,
-        ..Default::default()
-    };
+    buffers.head = head;
+    buffers.segments.clear();
+    buffers.len = 0;
     let mut last: Option<Descriptor> = None;
     for desc in chain.by_ref() {
         last = Some(desc);
@@ -156,7 +171,7 @@ where
         None => Err(ChainError::Unterminated { head }),
         Some(desc) if desc.has_next() => Err(ChainError::Unterminated { head }),
         Some(_) if buffers.len == 0 => Err(ChainError::Empty { head }),
-        Some(_) => Ok(buffers),
+        Some(_) => Ok(()),
     }
 }
 

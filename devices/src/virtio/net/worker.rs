@@ -1,8 +1,9 @@
 //! One worker per queue pair: moves frames between its tap queue and the guest's RX/TX rings
 //! with `readv`/`writev` straight on guest memory. Worker 0 also serves the control queue.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::ctrl::{handle_ctrl_chain, CtrlContext};
 use super::tap::{Tap, TapError, IFF_DETACH_QUEUE};
 use super::VNET_HDR_LEN;
-use crate::virtio::queue::{map_chain, ChainBuffers, Direction};
+use crate::virtio::queue::{map_chain_into, ChainBuffers, Direction, MAX_IOVECS};
 use crate::virtio::{QueueActivation, VirtioInterrupt};
 
 /// Offset of `num_buffers` inside the 12-byte virtio-net header.
@@ -177,8 +178,65 @@ pub struct Worker {
     /// The guest gave too few RX buffers for the next frame: stop polling the tap until it
     /// adds more.
     rx_starved: bool,
+    rx_held: RxHeld,
+    /// The TX chain being sent, and its I/O vector: reused, so a frame allocates nothing.
+    tx_buffers: ChainBuffers,
+    tx_iovecs: IoVecs,
     broken: bool,
     reported: Arc<ReportedOnce>,
+}
+
+/// An I/O vector into guest memory, kept from frame to frame.
+#[derive(Default)]
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers point into guest memory, which stays mapped while the worker that owns
+// the vector holds its GuestMemoryMmap (as for `Segment`); an iovec has no thread-affine state.
+unsafe impl Send for IoVecs {}
+
+/// RX buffers taken from the ring ahead of the frames that will fill them. They stay taken
+/// across reads, so a frame costs the chains it fills, not a worst-case set taken and given
+/// back each time.
+#[derive(Default)]
+struct RxHeld {
+    chains: VecDeque<ChainBuffers>,
+    /// Every held chain's buffers as one I/O vector, in ring order.
+    iovecs: IoVecs,
+    /// Bytes the held chains take.
+    capacity: usize,
+    /// Emptied chains whose allocations the next ones reuse.
+    spare: Vec<ChainBuffers>,
+}
+
+impl RxHeld {
+    /// Whether the held buffers take any frame: all of `frame_max` with mergeable buffers (the
+    /// tap says a frame's size only by reading it, and a frame that does not fit is lost), one
+    /// chain without (the driver sized each for a whole frame). A vector at the readv limit
+    /// is as much as one read can take.
+    fn ready(&self, mergeable: bool, frame_max: usize) -> bool {
+        if mergeable {
+            self.capacity >= frame_max || self.iovecs.0.len() >= MAX_IOVECS
+        } else {
+            !self.chains.is_empty()
+        }
+    }
+
+    fn push(&mut self, chain: ChainBuffers) {
+        chain.push_iovecs(&mut self.iovecs.0);
+        self.capacity += chain.len;
+        self.chains.push_back(chain);
+    }
+
+    /// Forgets the first `count` chains, which a frame filled.
+    fn consume(&mut self, count: usize) {
+        let mut segments = 0;
+        for chain in self.chains.drain(..count) {
+            segments += chain.segments.len();
+            self.capacity -= chain.len;
+            self.spare.push(chain);
+        }
+        self.iovecs.0.drain(..segments);
+    }
 }
 
 /// Outcome of taking the next chain from a ring.
@@ -198,9 +256,20 @@ fn next_chain<'a>(queue: &mut Queue, mem: &'a GuestMemoryMmap) -> Next<'a> {
     }
 }
 
-fn rewind(queue: &mut Queue, count: usize) {
-    let next = queue.next_avail().wrapping_sub(count as u16);
-    queue.set_next_avail(next);
+/// Writes one TX frame (virtio-net header and all) to the tap, straight from guest memory.
+fn write_frame(tap: RawFd, buffers: &ChainBuffers, iovecs: &mut Vec<libc::iovec>, name: &str) {
+    iovecs.clear();
+    buffers.push_iovecs(iovecs);
+    // SAFETY: every iovec points into guest memory that stays mapped while this worker runs
+    // (the worker holds the GuestMemoryMmap); writev only reads from it.
+    let ret = unsafe { libc::writev(tap, iovecs.as_ptr(), iovecs.len() as libc::c_int) };
+    if ret < 0 {
+        // A down, detached or full tap drops the frame, as a real link would.
+        log::debug!(
+            "{name}: tap write failed, frame dropped: {}",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 impl Worker {
@@ -219,6 +288,9 @@ impl Worker {
             epoll: None,
             tap_polled: false,
             rx_starved: false,
+            rx_held: RxHeld::default(),
+            tx_buffers: ChainBuffers::default(),
+            tx_iovecs: IoVecs::default(),
             broken: false,
             reported: setup.reported,
         }
@@ -345,7 +417,7 @@ impl Worker {
         }
     }
 
-    fn malformed(&mut self, what: &str) {
+    fn malformed(&self, what: &str) {
         if ReportedOnce::first(&self.reported.malformed) {
             log::warn!(
                 "{}: malformed descriptor chain dropped ({what}); further ones on this device are dropped silently",
@@ -392,7 +464,8 @@ impl Worker {
         }
     }
 
-    /// Guest -> tap.
+    /// Guest -> tap: every chain available (up to BATCH), then one look at whether the
+    /// driver wants an interrupt.
     pub fn process_tx(&mut self) {
         if self.broken {
             return;
@@ -402,28 +475,15 @@ impl Worker {
             if let Err(e) = self.tx.queue.disable_notification(&self.mem) {
                 return self.mark_broken(&e.to_string());
             }
-            loop {
-                if frames == BATCH {
-                    // Come back after the other queues had a turn.
-                    let _ = self.tx.notify.write(1);
-                    self.signal(TOKEN_TX);
-                    return;
-                }
-                let chain = match next_chain(&mut self.tx.queue, &self.mem) {
-                    Next::Chain(chain) => chain,
-                    Next::Empty => break,
-                    Next::Broken(what) => return self.mark_broken(&what),
-                };
-                let head = chain.head_index();
-                match map_chain(&self.mem, chain, Direction::Readable) {
-                    Ok(buffers) if buffers.len > VNET_HDR_LEN => self.write_frame(&buffers),
-                    Ok(_) => self.malformed("TX frame no longer than the virtio-net header"),
-                    Err(e) => self.malformed(&e.to_string()),
-                }
-                if let Err(e) = self.tx.queue.add_used(&self.mem, head, 0) {
-                    return self.mark_broken(&e.to_string());
-                }
-                frames += 1;
+            match self.send_available(BATCH - frames) {
+                Ok(sent) => frames += sent,
+                Err(what) => return self.mark_broken(&what),
+            }
+            if frames == BATCH {
+                // Come back after the other queues had a turn.
+                let _ = self.tx.notify.write(1);
+                self.signal(TOKEN_TX);
+                return;
             }
             match self.tx.queue.enable_notification(&self.mem) {
                 Ok(true) => continue,
@@ -436,36 +496,48 @@ impl Worker {
         }
     }
 
-    fn write_frame(&mut self, buffers: &ChainBuffers) {
-        let mut iovecs = Vec::with_capacity(buffers.segments.len());
-        buffers.push_iovecs(&mut iovecs);
-        // SAFETY: every iovec points into guest memory that stays mapped while this worker runs
-        // (the worker holds the GuestMemoryMmap); writev only reads from it.
-        let ret = unsafe {
-            libc::writev(
-                self.pair.tap.as_raw_fd(),
-                iovecs.as_ptr(),
-                iovecs.len() as libc::c_int,
-            )
+    /// Writes the chains available now, at most `budget`, to the tap (one read of the
+    /// available index for all of them) and returns each to the guest. Returns how many.
+    fn send_available(&mut self, budget: usize) -> Result<usize, String> {
+        let mem = &self.mem;
+        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = match self.tx.queue.iter(mem) {
+            Ok(iter) => iter.take(budget).collect(),
+            Err(e) => return Err(e.to_string()),
         };
-        if ret < 0 {
-            // A down, detached or full tap drops the frame, as a real link would.
-            log::debug!(
-                "{}: tap write failed, frame dropped: {}",
-                self.name,
-                io::Error::last_os_error()
-            );
+        let count = chains.len();
+        for chain in chains {
+            let head = chain.head_index();
+            match map_chain_into(mem, chain, Direction::Readable, &mut self.tx_buffers) {
+                Ok(()) if self.tx_buffers.len > VNET_HDR_LEN => write_frame(
+                    self.pair.tap.as_raw_fd(),
+                    &self.tx_buffers,
+                    &mut self.tx_iovecs.0,
+                    &self.name,
+                ),
+                Ok(()) => self.malformed("TX frame no longer than the virtio-net header"),
+                Err(e) => self.malformed(&e.to_string()),
+            }
+            self.tx
+                .queue
+                .add_used(mem, head, 0)
+                .map_err(|e| e.to_string())?;
         }
+        Ok(count)
     }
 
-    /// Tap -> guest.
+    /// Tap -> guest: frames until the tap is empty, the guest's buffers run short or BATCH
+    /// is done, then one look at whether the driver wants an interrupt.
     pub fn process_rx(&mut self) {
         if self.broken || !self.pair.attached() {
             return;
         }
+        if let Err(e) = self.rx.queue.disable_notification(&self.mem) {
+            return self.mark_broken(&e.to_string());
+        }
+        let mut used = 0;
         let mut frames = 0;
         while frames < BATCH {
-            match self.receive_frame() {
+            match self.receive_frame(&mut used) {
                 Ok(true) => frames += 1,
                 Ok(false) => break,
                 Err(what) => {
@@ -474,123 +546,122 @@ impl Worker {
                 }
             }
         }
-        if frames > 0 {
+        if used > 0 {
             self.signal(TOKEN_RX);
         }
     }
 
-    /// Gathers enough guest buffers for one frame. Returns None when the ring ran dry (the
-    /// buffers taken so far are given back).
-    fn gather_rx_buffers(&mut self) -> Result<Option<Vec<ChainBuffers>>, String> {
-        let mut chains: Vec<ChainBuffers> = Vec::new();
-        let mut capacity = 0;
-        loop {
-            let chain = match next_chain(&mut self.rx.queue, &self.mem) {
-                Next::Chain(chain) => chain,
-                Next::Empty => {
-                    // Ask for a notification, then look once more (the guest may have added
-                    // buffers in between).
-                    let more = self
-                        .rx
-                        .queue
-                        .enable_notification(&self.mem)
-                        .map_err(|e| e.to_string())?;
-                    if more {
-                        continue;
+    /// Takes chains from the RX ring until the held ones take any frame. Bad chains go back
+    /// unused (counted in `used`). Returns false when the ring ran dry first: the worker then
+    /// waits for the guest to add buffers.
+    fn hold_rx_buffers(&mut self, used: &mut usize) -> Result<bool, String> {
+        let (mergeable, frame_max) = (self.mergeable_rx, self.rx_frame_max);
+        while !self.rx_held.ready(mergeable, frame_max) {
+            let mem = &self.mem;
+            let mut taken = 0;
+            let mut bad: Vec<u16> = Vec::new();
+            let mut malformed = None;
+            {
+                let mut iter = self.rx.queue.iter(mem).map_err(|e| e.to_string())?;
+                while !self.rx_held.ready(mergeable, frame_max) {
+                    let Some(chain) = iter.next() else {
+                        break;
+                    };
+                    taken += 1;
+                    let head = chain.head_index();
+                    let mut buffers = self.rx_held.spare.pop().unwrap_or_default();
+                    match map_chain_into(mem, chain, Direction::Writable, &mut buffers) {
+                        Ok(()) if buffers.len >= VNET_HDR_LEN => {
+                            self.rx_held.push(buffers);
+                            continue;
+                        }
+                        Ok(()) => {
+                            malformed =
+                                Some("RX buffer smaller than the virtio-net header".to_string())
+                        }
+                        Err(e) => malformed = Some(e.to_string()),
                     }
-                    rewind(&mut self.rx.queue, chains.len());
+                    self.rx_held.spare.push(buffers);
+                    bad.push(head);
+                }
+            }
+            if let Some(what) = malformed {
+                self.malformed(&what);
+            }
+            for head in bad {
+                self.rx
+                    .queue
+                    .add_used(mem, head, 0)
+                    .map_err(|e| e.to_string())?;
+                *used += 1;
+            }
+            if taken == 0 {
+                // Ask for a notification, then look once more (the guest may have added
+                // buffers in between).
+                let more = self
+                    .rx
+                    .queue
+                    .enable_notification(&self.mem)
+                    .map_err(|e| e.to_string())?;
+                if !more {
                     self.rx_starved = true;
-                    return Ok(None);
-                }
-                Next::Broken(what) => return Err(what),
-            };
-            let head = chain.head_index();
-            match map_chain(&self.mem, chain, Direction::Writable) {
-                Ok(b) if b.len >= VNET_HDR_LEN => {
-                    capacity += b.len;
-                    chains.push(b);
-                }
-                Ok(_) => {
-                    self.malformed("RX buffer smaller than the virtio-net header");
-                    self.drop_rx_chain(head, &mut chains)?;
-                }
-                Err(e) => {
-                    self.malformed(&e.to_string());
-                    self.drop_rx_chain(head, &mut chains)?;
+                    return Ok(false);
                 }
             }
-            if !chains.is_empty() && (!self.mergeable_rx || capacity >= self.rx_frame_max) {
-                return Ok(Some(chains));
-            }
         }
+        Ok(true)
     }
 
-    /// Returns a bad RX chain to the guest unused, with the good ones gathered before it: they
-    /// cannot be given back to the ring once a later chain is consumed.
-    fn drop_rx_chain(&mut self, head: u16, chains: &mut Vec<ChainBuffers>) -> Result<(), String> {
-        for c in chains.drain(..) {
-            self.rx
-                .queue
-                .add_used(&self.mem, c.head, 0)
-                .map_err(|e| e.to_string())?;
-        }
-        self.rx
-            .queue
-            .add_used(&self.mem, head, 0)
-            .map_err(|e| e.to_string())
-    }
-
-    /// Reads one frame from the tap into guest buffers. Ok(false): nothing more to do now.
-    fn receive_frame(&mut self) -> Result<bool, String> {
-        if let Err(e) = self.rx.queue.disable_notification(&self.mem) {
-            return Err(e.to_string());
-        }
-        let Some(chains) = self.gather_rx_buffers()? else {
+    /// Reads one frame from the tap into the held guest buffers. Ok(false): nothing more to
+    /// do now.
+    fn receive_frame(&mut self, used: &mut usize) -> Result<bool, String> {
+        if !self.hold_rx_buffers(used)? {
             return Ok(false);
-        };
-        let mut iovecs = Vec::new();
-        for c in &chains {
-            c.push_iovecs(&mut iovecs);
         }
+        let held = &self.rx_held;
+        let count = held.iovecs.0.len().min(MAX_IOVECS);
         // SAFETY: the iovecs point into guest RAM that stays mapped while the worker holds
         // `mem`; the driver gave these buffers to the device, so writing them is allowed.
         let ret = unsafe {
             libc::readv(
                 self.pair.tap.as_raw_fd(),
-                iovecs.as_ptr(),
-                iovecs.len() as libc::c_int,
+                held.iovecs.0.as_ptr(),
+                count as libc::c_int,
             )
         };
         if ret < 0 {
             let err = io::Error::last_os_error();
-            rewind(&mut self.rx.queue, chains.len());
             if err.kind() != io::ErrorKind::WouldBlock {
                 log::debug!("{}: tap read failed: {err}", self.name);
             }
             return Ok(false);
         }
+        // The chains the frame filled, in order; at least the first, which has the header.
         let mut left = ret as usize;
-        let mut used: Vec<(u16, u32)> = Vec::with_capacity(chains.len());
-        for c in &chains {
-            if left == 0 && !used.is_empty() {
+        let mut filled = 0;
+        for chain in &held.chains {
+            filled += 1;
+            left = left.saturating_sub(chain.len);
+            if left == 0 {
                 break;
             }
-            let take = left.min(c.len);
-            used.push((c.head, take as u32));
-            left -= take;
         }
-        rewind(&mut self.rx.queue, chains.len() - used.len());
         // num_buffers goes in before the used entries make the frame visible.
-        let count = (used.len() as u16).to_le_bytes();
-        if !chains[0].write_at(&self.mem, NUM_BUFFERS_OFFSET, &count) {
+        let num_buffers = (filled as u16).to_le_bytes();
+        if !held.chains[0].write_at(&self.mem, NUM_BUFFERS_OFFSET, &num_buffers) {
             self.malformed("RX header not writable");
         }
-        for (head, len) in used {
+        let mut left = ret as usize;
+        for chain in self.rx_held.chains.iter().take(filled) {
+            let take = left.min(chain.len);
+            left -= take;
             self.rx
                 .queue
-                .add_used(&self.mem, head, len)
+                .add_used(&self.mem, chain.head, take as u32)
                 .map_err(|e| e.to_string())?;
         }
+        *used += filled;
+        self.rx_held.consume(filled);
         Ok(true)
     }
 

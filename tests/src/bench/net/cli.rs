@@ -47,6 +47,9 @@ pub struct WorkerArgs {
     /// Ethernet frame sizes in bytes, comma separated (54 to 65535; above 1514 a TSO frame).
     #[arg(long, value_delimiter = ',', default_values_t = FRAME_SIZES)]
     pub sizes: Vec<usize>,
+    /// Directions to measure, comma separated (tx: guest -> tap, rx: tap -> guest).
+    #[arg(long, value_delimiter = ',', default_values = ["tx", "rx"])]
+    pub directions: Vec<String>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -145,13 +148,26 @@ fn worker(args: WorkerArgs) -> Result<()> {
         warmup: Duration::from_secs_f64(args.warmup),
         measure: Duration::from_secs_f64(args.seconds),
     };
+    let mut directions = Vec::new();
+    for name in &args.directions {
+        let dir = match name.as_str() {
+            "tx" => Direction::Tx,
+            "rx" => Direction::Rx,
+            other => bail!("--directions {other}: a direction is tx or rx"),
+        };
+        if !directions.contains(&dir) {
+            directions.push(dir);
+        }
+    }
+    if directions.is_empty() {
+        bail!("--directions is empty: give tx, rx or both");
+    }
     enter_private_netns()?;
     create_tap(TAP)?;
 
-    let directions = [Direction::Tx, Direction::Rx];
     let mut series: Vec<Series> = Vec::new();
     for &size in &args.sizes {
-        for dir in directions {
+        for &dir in &directions {
             for mode in [Mode::Worker, Mode::Plain] {
                 series.push(Series::new(dir, size, mode));
             }
