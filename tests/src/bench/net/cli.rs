@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
+use super::cpus::CpuSplit;
 use super::frames::{FRAME_SIZES, MAX_FRAME};
 use super::guest::{check_root, GuestBench};
 use super::netns::{create_tap, enter_private_netns};
@@ -47,6 +48,10 @@ pub struct WorkerArgs {
     /// Ethernet frame sizes in bytes, comma separated (54 to 65535; above 1514 a TSO frame).
     #[arg(long, value_delimiter = ',', default_values_t = FRAME_SIZES)]
     pub sizes: Vec<usize>,
+    /// Leave thread placement to the scheduler instead of giving the worker (or plain loop) a
+    /// CPU of its own and the synthetic driver and injector the others.
+    #[arg(long)]
+    pub no_pin: bool,
     /// Directions to measure, comma separated (tx: guest -> tap, rx: tap -> guest).
     #[arg(long, value_delimiter = ',', default_values = ["tx", "rx"])]
     pub directions: Vec<String>,
@@ -122,6 +127,15 @@ fn median_ratio(a: &Series, b: &Series) -> Option<f64> {
     }
 }
 
+/// Plain loop's CPU time per frame over the worker's (medians): the worker's throughput
+/// relative to the plain loop's were each CPU-bound on a CPU of its own.
+fn cpu_ratio(worker: &Series, plain: &Series) -> Option<f64> {
+    match (&worker.cpu_ns_per_frame, &plain.cpu_ns_per_frame) {
+        (Some(w), Some(p)) if w.median > 0.0 => Some(p.median / w.median),
+        _ => None,
+    }
+}
+
 fn worker(args: WorkerArgs) -> Result<()> {
     if args.repeats == 0 {
         bail!("--repeats 0 measures nothing: give at least 1");
@@ -162,6 +176,15 @@ fn worker(args: WorkerArgs) -> Result<()> {
     if directions.is_empty() {
         bail!("--directions is empty: give tx, rx or both");
     }
+    let split = if args.no_pin {
+        None
+    } else {
+        let split = CpuSplit::of_current_thread().context("reading the CPU affinity")?;
+        if split.is_none() {
+            eprintln!("net worker: one CPU only: the driver shares it with the worker");
+        }
+        split
+    };
     enter_private_netns()?;
     create_tap(TAP)?;
 
@@ -185,16 +208,17 @@ fn worker(args: WorkerArgs) -> Result<()> {
             for i in pair {
                 let entry = &mut series[i];
                 let (dir, size, mode) = (entry.direction, entry.frame_bytes, entry.mode);
-                match run_once(TAP, dir, mode, size, timing) {
+                match run_once(TAP, dir, mode, size, timing, split.as_ref()) {
                     Ok(sample) => {
                         eprintln!(
-                            "run {}/{} {} {size} B {}: {:.0} frames/s, {:.3} Gbit/s",
+                            "run {}/{} {} {size} B {}: {:.0} frames/s, {:.3} Gbit/s, {:.0} ns CPU/frame",
                             repeat + 1,
                             args.repeats,
                             dir.name(),
                             mode.name(),
                             sample.frames_per_s,
-                            sample.gbit_per_s
+                            sample.gbit_per_s,
+                            sample.cpu_ns_per_frame
                         );
                         entry.samples.push(sample);
                     }
@@ -216,29 +240,41 @@ fn worker(args: WorkerArgs) -> Result<()> {
         s.summarise();
     }
 
+    let placement = if split.is_some() {
+        "worker or plain loop on a CPU of its own, driver and injector on the others"
+    } else {
+        "threads placed by the scheduler"
+    };
     println!(
-        "net worker: 1 queue pair, rings of {QUEUE_SIZE}, {} runs of {} s (+{} s warm-up) each; min / median / max",
+        "net worker: 1 queue pair, rings of {QUEUE_SIZE}, {} runs of {} s (+{} s warm-up) each; {placement}; min / median / max",
         args.repeats, args.seconds, args.warmup
     );
     println!(
-        "{:<4} {:>7} {:<7} {:>36} {:>24} {:>13}",
-        "dir", "frame B", "mode", "frames/s", "Gbit/s", "worker/plain"
+        "{:<4} {:>7} {:<7} {:>36} {:>24} {:>13} {:>9} {:>10}",
+        "dir", "frame B", "mode", "frames/s", "Gbit/s", "worker/plain", "CPU ns/f", "CPU ratio"
     );
     let mut ratios = Vec::new();
     for pair in series.chunks(2) {
         let ratio = median_ratio(&pair[0], &pair[1]);
+        let cpu = cpu_ratio(&pair[0], &pair[1]);
         for s in pair {
+            let worker_only = |r: Option<f64>| match (s.mode, r) {
+                (Mode::Worker, Some(r)) => format!("{r:.3}x"),
+                _ => String::new(),
+            };
             println!(
-                "{:<4} {:>7} {:<7} {:>36} {:>24} {:>13}",
+                "{:<4} {:>7} {:<7} {:>36} {:>24} {:>13} {:>9} {:>10}",
                 s.direction.name(),
                 s.frame_bytes,
                 s.mode.name(),
                 fmt(&s.frames_per_s, 1.0, 0),
                 fmt(&s.gbit_per_s, 1.0, 3),
-                match (s.mode, ratio) {
-                    (Mode::Worker, Some(r)) => format!("{r:.3}x"),
-                    _ => String::new(),
-                }
+                worker_only(ratio),
+                s.cpu_ns_per_frame
+                    .as_ref()
+                    .map(|c| format!("{:.0}", c.median))
+                    .unwrap_or_default(),
+                worker_only(cpu),
             );
             for f in &s.failures {
                 println!("  failure: {f}");
@@ -248,6 +284,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
             "direction": pair[0].direction,
             "frame_bytes": pair[0].frame_bytes,
             "worker_over_plain": ratio,
+            "plain_cpu_over_worker_cpu": cpu,
         }));
     }
 
@@ -259,6 +296,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
             "warmup_seconds": args.warmup,
             "queue_size": QUEUE_SIZE,
             "queue_pairs": 1,
+            "pinned": split.is_some(),
             "host_kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),

@@ -3,6 +3,7 @@
 //! between the host and a guest under Paddock and peer VMMs.
 
 pub mod cli;
+pub mod cpus;
 pub mod frames;
 pub mod guest;
 pub mod netns;

@@ -33,11 +33,14 @@ use serde::Serialize;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::cpus::{pin, CpuSplit, Side, ThreadCpu};
 use super::frames::{is_test_frame, tcp_frame, vnet_header, MAX_FRAME};
 use super::netns::{link_counters, LinkCounters, PacketInjector};
 use super::ring::{DriverRing, DESC_F_NEXT, DESC_F_WRITE};
 use crate::bench::stats::Summary;
 
+/// The benchmark device's name; its worker thread is `{RIG_NAME}-qp0`.
+const RIG_NAME: &str = "bench-net";
 /// Ring size of both queues: what Linux's virtio-net uses by default and Paddock offers.
 pub const QUEUE_SIZE: u16 = 256;
 /// Guest buffers are page-sized: a TX frame is split at 4 KiB like an skb's pages, RX buffers are
@@ -133,18 +136,22 @@ pub struct Sample {
     /// RX: frames the tap's queue dropped during the run (its tx_dropped); TX: frames the tap
     /// refused (its rx_dropped). Zero in a sound run.
     pub dropped: u64,
+    /// CPU time the measured thread (the worker, or the plain loop) ran per frame, in ns: the
+    /// cost of a frame whatever else the machine runs.
+    pub cpu_ns_per_frame: f64,
     /// RX only: share of the injector's turns that found its window of frames outstanding, i.e. the
     /// reader, not the injector, set the pace (near 1 is what a reader measurement needs).
     pub injector_waited: Option<f64>,
 }
 
 impl Sample {
-    fn new(frames: u64, bytes_per_frame: usize, seconds: f64, dropped: u64) -> Self {
+    fn new(frames: u64, bytes_per_frame: usize, seconds: f64, dropped: u64, cpu_ns: u64) -> Self {
         Self {
             frames,
             seconds,
             frames_per_s: frames as f64 / seconds,
             gbit_per_s: frames as f64 * bytes_per_frame as f64 * 8.0 / seconds / 1e9,
+            cpu_ns_per_frame: cpu_ns as f64 / frames.max(1) as f64,
             dropped,
             injector_waited: None,
         }
@@ -232,18 +239,32 @@ fn fill_tx_frames(mem: &GuestMemoryMmap, frame_len: usize) -> Result<(), WorkerB
     Ok(())
 }
 
-/// One run; the namespace and the tap `tap` exist.
+/// One run; the namespace and the tap `tap` exist. With a `split`, the worker or the plain loop
+/// runs on a CPU of its own and the driver and injector on the others (see `cpus`).
 pub fn run_once(
     tap: &str,
     direction: Direction,
     mode: Mode,
     frame_len: usize,
     timing: Timing,
+    split: Option<&CpuSplit>,
 ) -> Result<Sample, WorkerBenchError> {
+    let _unpin = Unpin(split);
     match (direction, mode) {
-        (Direction::Tx, Mode::Worker) => tx_worker(tap, frame_len, timing),
-        (Direction::Tx, Mode::Plain) => tx_plain(tap, frame_len, timing),
-        (Direction::Rx, mode) => rx(tap, mode, frame_len, timing),
+        (Direction::Tx, Mode::Worker) => tx_worker(tap, frame_len, timing, split),
+        (Direction::Tx, Mode::Plain) => tx_plain(tap, frame_len, timing, split),
+        (Direction::Rx, mode) => rx(tap, mode, frame_len, timing, split),
+    }
+}
+
+/// Gives the calling thread all its CPUs back when a run ends, however it ends.
+struct Unpin<'a>(Option<&'a CpuSplit>);
+
+impl Drop for Unpin<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = pin(self.0, Side::All) {
+            eprintln!("net worker bench: cannot unpin the main thread: {e}");
+        }
     }
 }
 
@@ -266,7 +287,7 @@ impl Rig {
             NetConfig {
                 mac: [0x02, 0, 0, 0, 0, 0x01],
                 queue_size: QUEUE_SIZE,
-                name: "bench-net".into(),
+                name: RIG_NAME.into(),
             },
             Tap::open_queues(tap, 1).map_err(|e| dev(e.to_string()))?,
             Arc::new(StdThreads),
@@ -324,9 +345,17 @@ impl Rig {
     }
 }
 
-fn tx_worker(tap: &str, frame_len: usize, timing: Timing) -> Result<Sample, WorkerBenchError> {
+fn tx_worker(
+    tap: &str,
+    frame_len: usize,
+    timing: Timing,
+    split: Option<&CpuSplit>,
+) -> Result<Sample, WorkerBenchError> {
     let what = format!("tx worker {frame_len} B");
+    // The worker thread starts with the CPUs of the thread that activates the device.
+    pin(split, Side::Measured)?;
     let mut rig = Rig::new(tap)?;
+    pin(split, Side::Others)?;
     fill_tx_frames(&rig.mem, frame_len)?;
     let slots = tx_slots(frame_len);
     let mut heads = Vec::with_capacity(slots);
@@ -345,14 +374,15 @@ fn tx_worker(tap: &str, frame_len: usize, timing: Timing) -> Result<Sample, Work
         }
         heads.push(first);
     }
+    let cpu = ThreadCpu::named(&format!("{RIG_NAME}-qp0"))?;
     let window = Window::new(timing);
-    let mut before: Option<(Instant, LinkCounters)> = None;
+    let mut before: Option<(Instant, LinkCounters, u64)> = None;
     let mut used = Vec::with_capacity(usize::from(QUEUE_SIZE));
     let mut last_progress = Instant::now();
     rig.tx.publish(&heads)?;
     while !window.over() {
         if before.is_none() && window.warm() {
-            before = Some((Instant::now(), link_counters(tap)?));
+            before = Some((Instant::now(), link_counters(tap)?, cpu.ns()?));
         }
         used.clear();
         if rig.tx.take_used(&mut used)? > 0 {
@@ -371,16 +401,17 @@ fn tx_worker(tap: &str, frame_len: usize, timing: Timing) -> Result<Sample, Work
             rig.tx.wait_used(delay, Duration::from_millis(100))?;
         }
     }
-    let after = (Instant::now(), link_counters(tap)?);
+    let after = (Instant::now(), link_counters(tap)?, cpu.ns()?);
     rig.check_healthy(&what)?;
     drop(rig);
-    let (t0, c0) = before.unwrap_or(after);
+    let (t0, c0, cpu0) = before.unwrap_or(after);
     let seconds = after.0.duration_since(t0).as_secs_f64();
     Ok(Sample::new(
         after.1.rx_packets - c0.rx_packets,
         frame_len,
         seconds,
         after.1.rx_dropped - c0.rx_dropped,
+        after.2 - cpu0,
     ))
 }
 
@@ -396,7 +427,13 @@ fn plain_tap(tap: &str) -> Result<Tap, WorkerBenchError> {
     Ok(q)
 }
 
-fn tx_plain(tap: &str, frame_len: usize, timing: Timing) -> Result<Sample, WorkerBenchError> {
+fn tx_plain(
+    tap: &str,
+    frame_len: usize,
+    timing: Timing,
+    split: Option<&CpuSplit>,
+) -> Result<Sample, WorkerBenchError> {
+    pin(split, Side::Measured)?;
     let mem = memory()?;
     fill_tx_frames(&mem, frame_len)?;
     let queue = plain_tap(tap)?;
@@ -415,12 +452,13 @@ fn tx_plain(tap: &str, frame_len: usize, timing: Timing) -> Result<Sample, Worke
         }
         frames.push(iov);
     }
+    let cpu = ThreadCpu::current();
     let window = Window::new(timing);
-    let mut before: Option<(Instant, LinkCounters)> = None;
+    let mut before: Option<(Instant, LinkCounters, u64)> = None;
     let mut next = 0;
     while !window.over() {
         if before.is_none() && window.warm() {
-            before = Some((Instant::now(), link_counters(tap)?));
+            before = Some((Instant::now(), link_counters(tap)?, cpu.ns()?));
         }
         for _ in 0..64 {
             let iov = &frames[next];
@@ -434,13 +472,14 @@ fn tx_plain(tap: &str, frame_len: usize, timing: Timing) -> Result<Sample, Worke
             }
         }
     }
-    let after = (Instant::now(), link_counters(tap)?);
-    let (t0, c0) = before.unwrap_or(after);
+    let after = (Instant::now(), link_counters(tap)?, cpu.ns()?);
+    let (t0, c0, cpu0) = before.unwrap_or(after);
     Ok(Sample::new(
         after.1.rx_packets - c0.rx_packets,
         frame_len,
         after.0.duration_since(t0).as_secs_f64(),
         after.1.rx_dropped - c0.rx_dropped,
+        after.2 - cpu0,
     ))
 }
 
@@ -496,13 +535,22 @@ fn inject(tap: &str, frame_len: usize, flow: Arc<Flow>) -> Result<(), WorkerBenc
     Ok(())
 }
 
-fn rx(tap: &str, mode: Mode, frame_len: usize, timing: Timing) -> Result<Sample, WorkerBenchError> {
+fn rx(
+    tap: &str,
+    mode: Mode,
+    frame_len: usize,
+    timing: Timing,
+    split: Option<&CpuSplit>,
+) -> Result<Sample, WorkerBenchError> {
     let what = format!("rx {} {frame_len} B", mode.name());
     // The reader is in place before the first frame, so none goes to a tap without readers.
+    // The worker thread starts with the CPUs of the thread that activates the device.
+    pin(split, Side::Measured)?;
     let mut reader = match mode {
         Mode::Worker => RxReader::Worker(Box::new(RxWorker::new(tap)?)),
         Mode::Plain => RxReader::Plain(RxPlain::new(tap)?),
     };
+    pin(split, Side::Others)?;
     let flow = Arc::new(Flow::default());
     let injector = {
         let tap = tap.to_string();
@@ -511,6 +559,10 @@ fn rx(tap: &str, mode: Mode, frame_len: usize, timing: Timing) -> Result<Sample,
             .name("bench-inject".into())
             .spawn(move || inject(&tap, frame_len, flow))?
     };
+    // This thread is the plain reader itself, or the worker's driver.
+    if mode == Mode::Plain {
+        pin(split, Side::Measured)?;
+    }
     let result = reader.read_for(tap, frame_len, timing, &flow, &what);
     flow.stop.store(true, Ordering::Relaxed);
     let injected = injector
@@ -537,13 +589,17 @@ impl RxReader {
         flow: &Flow,
         what: &str,
     ) -> Result<Sample, WorkerBenchError> {
+        let cpu = match self {
+            RxReader::Worker(_) => ThreadCpu::named(&format!("{RIG_NAME}-qp0"))?,
+            RxReader::Plain(_) => ThreadCpu::current(),
+        };
         let window = Window::new(timing);
-        let mut before: Option<(Instant, u64, LinkCounters)> = None;
+        let mut before: Option<(Instant, u64, LinkCounters, u64)> = None;
         let mut frames = 0u64;
         let mut last_progress = Instant::now();
         while !window.over() {
             if before.is_none() && window.warm() {
-                before = Some((Instant::now(), frames, link_counters(tap)?));
+                before = Some((Instant::now(), frames, link_counters(tap)?, cpu.ns()?));
             }
             if flow.stop.load(Ordering::Relaxed) {
                 // The injector failed; its error is reported by the caller.
@@ -567,8 +623,8 @@ impl RxReader {
                 });
             }
         }
-        let (t1, c1) = (Instant::now(), link_counters(tap)?);
-        let (t0, f0, c0) = before.unwrap_or((t1, frames, c1));
+        let (t1, c1, cpu1) = (Instant::now(), link_counters(tap)?, cpu.ns()?);
+        let (t0, f0, c0, cpu0) = before.unwrap_or((t1, frames, c1, cpu1));
         if let RxReader::Worker(w) = self {
             w.rig.check_healthy(what)?;
         }
@@ -577,6 +633,7 @@ impl RxReader {
             frame_len,
             t1.duration_since(t0).as_secs_f64(),
             c1.tx_dropped - c0.tx_dropped,
+            cpu1 - cpu0,
         ))
     }
 }
@@ -729,6 +786,7 @@ pub struct Series {
     pub mode: Mode,
     pub frames_per_s: Option<Summary>,
     pub gbit_per_s: Option<Summary>,
+    pub cpu_ns_per_frame: Option<Summary>,
     pub samples: Vec<Sample>,
     /// Runs that produced no number, and why.
     pub failures: Vec<String>,
@@ -742,6 +800,7 @@ impl Series {
             mode,
             frames_per_s: None,
             gbit_per_s: None,
+            cpu_ns_per_frame: None,
             samples: Vec::new(),
             failures: Vec::new(),
         }
@@ -752,5 +811,7 @@ impl Series {
         let g: Vec<f64> = self.samples.iter().map(|s| s.gbit_per_s).collect();
         self.frames_per_s = Summary::of(&f);
         self.gbit_per_s = Summary::of(&g);
+        let c: Vec<f64> = self.samples.iter().map(|s| s.cpu_ns_per_frame).collect();
+        self.cpu_ns_per_frame = Summary::of(&c);
     }
 }
