@@ -5,6 +5,7 @@
 //! to the worker that a real guest does on its own vCPU.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 /// The CPU of the measured side and the rest of the process's CPUs.
 #[derive(Clone, Copy)]
@@ -109,21 +110,28 @@ impl ThreadCpu {
         }
     }
 
-    /// The thread of this process named `name`.
+    /// The thread of this process named `name`, waiting up to a second for it: a new thread
+    /// names itself once it runs.
     pub fn named(name: &str) -> io::Result<Self> {
-        for entry in std::fs::read_dir("/proc/self/task")? {
-            let entry = entry?;
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() == name {
-                if let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) {
-                    return Ok(Self::of_tid(tid));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            for entry in std::fs::read_dir("/proc/self/task")? {
+                let entry = entry?;
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                if comm.trim_end() == name {
+                    if let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) {
+                        return Ok(Self::of_tid(tid));
+                    }
                 }
             }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no thread named {name} in this process"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no thread named {name} in this process"),
-        ))
     }
 
     /// Nanoseconds the thread has run so far.
