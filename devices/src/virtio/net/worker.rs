@@ -155,11 +155,7 @@ impl WorkQueue {
             return false;
         };
         match mem.load::<u16>(addr, Ordering::Relaxed) {
-            Ok(event) => need_event(
-                u16::from_le(event),
-                self.queue.next_used(),
-                self.looked_at,
-            ),
+            Ok(event) => need_event(u16::from_le(event), self.queue.next_used(), self.looked_at),
             Err(_) => false,
         }
     }

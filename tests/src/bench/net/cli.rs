@@ -48,10 +48,12 @@ pub struct WorkerArgs {
     /// Ethernet frame sizes in bytes, comma separated (54 to 65535; above 1514 a TSO frame).
     #[arg(long, value_delimiter = ',', default_values_t = FRAME_SIZES)]
     pub sizes: Vec<usize>,
-    /// Leave thread placement to the scheduler instead of giving the worker (or plain loop) a
-    /// CPU of its own and the synthetic driver and injector the others.
+    /// Give the worker (or the plain loop) a CPU of its own and the synthetic driver and the
+    /// injector the others, instead of leaving placement to the scheduler (which tends to put
+    /// the driver on the worker's CPU). Needs at least 2 CPUs; on a virtual machine the
+    /// cross-CPU wake-ups it adds can cost more than the sharing it avoids.
     #[arg(long)]
-    pub no_pin: bool,
+    pub pin: bool,
     /// Directions to measure, comma separated (tx: guest -> tap, rx: tap -> guest).
     #[arg(long, value_delimiter = ',', default_values = ["tx", "rx"])]
     pub directions: Vec<String>,
@@ -176,14 +178,14 @@ fn worker(args: WorkerArgs) -> Result<()> {
     if directions.is_empty() {
         bail!("--directions is empty: give tx, rx or both");
     }
-    let split = if args.no_pin {
-        None
-    } else {
+    let split = if args.pin {
         let split = CpuSplit::of_current_thread().context("reading the CPU affinity")?;
         if split.is_none() {
-            eprintln!("net worker: one CPU only: the driver shares it with the worker");
+            bail!("--pin needs at least 2 CPUs to split; this process may run on one");
         }
         split
+    } else {
+        None
     };
     enter_private_netns()?;
     create_tap(TAP)?;

@@ -37,9 +37,8 @@ impl CpuSplit {
     pub fn of_current_thread() -> io::Result<Option<Self>> {
         let mut all = empty_set();
         // SAFETY: reads this thread's mask into `all`, whose size is passed.
-        let ret = unsafe {
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut all)
-        };
+        let ret =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut all) };
         if ret != 0 {
             return Err(io::Error::last_os_error());
         }

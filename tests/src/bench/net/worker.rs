@@ -14,7 +14,7 @@
 //! keeping a window of frames outstanding (256 frames or 2 MiB, whichever is less: fewer than the
 //! queue holds, so none is dropped); the worker `readv`s them into mergeable RX buffers; the driver
 //! checks each frame's length and headers, recycles the buffers and reports what it consumed to
-//! the injector.
+//! the injector. The plain loop `readv`s into the same page-sized buffers in turn.
 //! The frames counted are the ones the driver received intact.
 
 use std::os::fd::AsRawFd;
@@ -717,18 +717,44 @@ impl RxWorker {
     }
 }
 
-/// A plain reader of the tap: one buffer large enough for any frame.
+/// A plain reader of the tap into the very buffers the worker fills: the RX ring's page-sized
+/// buffers in turn, each read offered as many as the largest frame needs (as the worker offers
+/// the mergeable buffers it holds), moving on by the pages the frame took. One buffer read
+/// over and over would stay in the cache, which no reader handing frames on can count on.
 struct RxPlain {
     queue: Tap,
-    buf: Vec<u8>,
+    /// Owns the buffers `pages` points into.
+    _mem: GuestMemoryMmap,
+    /// Where each ring buffer is, as the start of its header.
+    pages: Vec<libc::iovec>,
+    iovecs: Vec<libc::iovec>,
+    /// The buffer the next frame starts in.
+    next: usize,
     pending: u64,
 }
 
+/// Buffers one read offers: enough for the largest frame with its header.
+const PLAIN_SPAN: usize = (VNET_HDR_LEN + MAX_FRAME).div_ceil(PAGE as usize);
+
 impl RxPlain {
     fn new(tap: &str) -> Result<Self, WorkerBenchError> {
+        let mem = memory()?;
+        let mut pages = Vec::with_capacity(usize::from(QUEUE_SIZE));
+        for head in 0..u64::from(QUEUE_SIZE) {
+            let host = mem
+                .get_host_address(GuestAddress(DATA + head * PAGE))
+                .map_err(|e| WorkerBenchError::Memory(e.to_string()))?;
+            pages.push(libc::iovec {
+                iov_base: host.cast(),
+                iov_len: PAGE as usize,
+            });
+        }
         Ok(Self {
             queue: plain_tap(tap)?,
-            buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME],
+            _mem: mem,
+            pages,
+            iovecs: Vec::with_capacity(PLAIN_SPAN),
+            next: 0,
             pending: 0,
         })
     }
@@ -736,13 +762,19 @@ impl RxPlain {
     /// Reads frames until the tap is empty or a batch is done; returns the frames read, once
     /// per batch like the worker's driver does.
     fn receive(&mut self, frame_len: usize, what: &str) -> Result<u64, WorkerBenchError> {
+        let want = VNET_HDR_LEN + frame_len;
         loop {
-            // SAFETY: reads into `buf`, whose length is passed.
+            self.iovecs.clear();
+            let ring = self.pages.len();
+            self.iovecs
+                .extend((0..PLAIN_SPAN).map(|i| self.pages[(self.next + i) % ring]));
+            // SAFETY: every iovec is a page of `_mem`, mapped while self lives; readv writes
+            // only into them.
             let n = unsafe {
-                libc::read(
+                libc::readv(
                     self.queue.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
+                    self.iovecs.as_ptr(),
+                    self.iovecs.len() as libc::c_int,
                 )
             };
             if n < 0 {
@@ -763,13 +795,19 @@ impl RxPlain {
                 return Ok(0);
             }
             let n = n as usize;
-            if n != VNET_HDR_LEN + frame_len || !is_test_frame(&self.buf[VNET_HDR_LEN..n]) {
+            let first = self.iovecs[0];
+            // SAFETY: the first iovec is a whole page of `_mem`, longer than the headers read.
+            let start = unsafe {
+                std::slice::from_raw_parts(first.iov_base.cast::<u8>(), VNET_HDR_LEN + 54)
+            };
+            if n != want || !is_test_frame(&start[VNET_HDR_LEN..]) {
                 return Err(WorkerBenchError::BadFrame {
                     what: what.to_string(),
                     got: n,
-                    want: VNET_HDR_LEN + frame_len,
+                    want,
                 });
             }
+            self.next = (self.next + n.div_ceil(PAGE as usize)) % ring;
             self.pending += 1;
             if self.pending == PLAIN_CONSUMED_BATCH {
                 return Ok(std::mem::take(&mut self.pending));
