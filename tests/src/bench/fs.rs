@@ -434,6 +434,9 @@ fn fmt(s: &Option<Summary>) -> String {
 }
 
 /// `paddock-bench fs`.
+/// Files a backend has open besides one per guest inode (sockets, /proc, the share, logs).
+const FD_MARGIN: u64 = 256;
+
 pub fn run(args: FsArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs 0 measures nothing: give at least 1");
@@ -443,6 +446,22 @@ pub fn run(args: FsArgs) -> Result<()> {
     }
     if args.cpus == 0 {
         bail!("--cpus 0: a guest needs at least 1 vCPU");
+    }
+    // The backends keep an fd for every file the guest holds (the guest caches what it
+    // created), and may raise their soft limit only up to the hard one they inherit.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own; on failure it is left as set.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    let nofile = limit.rlim_max;
+    if nofile < args.files + FD_MARGIN {
+        bail!(
+            "--files {}: the backends hold an fd per file the guest keeps, and the open-file limit here is {nofile}: raise it (as root: ulimit -Hn {}) or give fewer files",
+            args.files,
+            args.files + FD_MARGIN
+        );
     }
     let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
     require_guest_files(&kernel, &initramfs)?;
