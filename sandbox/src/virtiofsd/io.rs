@@ -55,6 +55,69 @@ fn iovecs(bufs: &[Buffer<'_>]) -> Vec<libc::iovec> {
         .collect()
 }
 
+/// Which way [`transfer_at`] moves data.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Guest buffers (device-readable) to the file: pwritev.
+    ToFile,
+    /// The file to guest buffers (device-writable): preadv.
+    FromFile,
+}
+
+/// Moves the bytes of `pending` between the guest buffers and `fd` from file position `offset`,
+/// resuming after EINTR and partial transfers. Returns how many moved: fewer at end of file, or
+/// when an error follows some progress (the error is returned only when nothing moved).
+fn transfer_at(
+    mut pending: VecDeque<Buffer<'_>>,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    direction: Direction,
+) -> std::io::Result<usize> {
+    let mut done = 0usize;
+    loop {
+        let iov = iovecs(pending.make_contiguous());
+        if iov.is_empty() {
+            return Ok(done);
+        }
+        let off = offset
+            .checked_add(done as u64)
+            .and_then(|o| i64::try_from(o).ok())
+            .ok_or_else(|| {
+                // What the kernel says of a position past the largest file offset.
+                std::io::Error::from_raw_os_error(match direction {
+                    Direction::ToFile => libc::EFBIG,
+                    Direction::FromFile => libc::EINVAL,
+                })
+            })?;
+        // SAFETY: every iovec points into a guest buffer that `pending` keeps mapped for the
+        // call (VolatileSlice bounds-checked it against its memory region); pwritev only reads
+        // them, preadv writes only buffers of device-writable descriptors (the `Writer`'s). The
+        // count is the vector's own length.
+        let n = unsafe {
+            match direction {
+                Direction::ToFile => {
+                    libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, off)
+                }
+                Direction::FromFile => {
+                    libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, off)
+                }
+            }
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return if done > 0 { Ok(done) } else { Err(err) };
+        }
+        if n == 0 {
+            return Ok(done);
+        }
+        done += n as usize;
+        take_front(&mut pending, n as usize);
+    }
+}
+
 /// The device-readable part of a chain: the request.
 pub struct Reader<'a> {
     bufs: VecDeque<Buffer<'a>>,
@@ -123,42 +186,8 @@ impl<'a> Reader<'a> {
         if have < count {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let mut done = 0usize;
-        let mut pending = take_front(&mut self.bufs, count);
-        while done < count {
-            let iov = iovecs(&pending);
-            if iov.is_empty() {
-                break;
-            }
-            let off = offset
-                .checked_add(done as u64)
-                .and_then(|o| i64::try_from(o).ok())
-                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EFBIG))?;
-            // SAFETY: every iovec points into a guest buffer that `pending` keeps mapped for the
-            // call (VolatileSlice bounds-checked it against the memory region); the kernel only
-            // reads from them. The count is the vector's own length.
-            let n = unsafe {
-                libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, off)
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if done > 0 {
-                    break;
-                }
-                return Err(err);
-            }
-            if n == 0 {
-                break;
-            }
-            let n = n as usize;
-            done += n;
-            let mut rest: VecDeque<Buffer<'a>> = pending.into();
-            take_front(&mut rest, n);
-            pending = rest.into();
-        }
+        let pending = take_front(&mut self.bufs, count).into();
+        let done = transfer_at(pending, fd, offset, Direction::ToFile)?;
         self.consumed += count;
         Ok(done)
     }
@@ -234,39 +263,8 @@ impl<'a> Writer<'a> {
         offset: u64,
     ) -> std::io::Result<usize> {
         let count = count.min(self.available());
-        let mut done = 0usize;
-        let mut pending: VecDeque<Buffer<'a>> = take_front(&mut self.bufs, count).into();
-        while done < count {
-            let iov = iovecs(pending.make_contiguous());
-            if iov.is_empty() {
-                break;
-            }
-            let off = offset
-                .checked_add(done as u64)
-                .and_then(|o| i64::try_from(o).ok())
-                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-            // SAFETY: every iovec points into a guest buffer that `pending` keeps mapped for the
-            // call and that the device may write (a device-writable descriptor); the count is the
-            // vector's own length.
-            let n = unsafe {
-                libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, off)
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if done > 0 {
-                    break;
-                }
-                return Err(err);
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as usize;
-            take_front(&mut pending, n as usize);
-        }
+        let pending = take_front(&mut self.bufs, count).into();
+        let done = transfer_at(pending, fd, offset, Direction::FromFile)?;
         self.written += done;
         Ok(done)
     }
