@@ -245,13 +245,13 @@ pub fn add_checks(s: &mut Scenario, backend: &FsBackend) {
         );
 }
 
-/// The `--fs path=` errors check.
-fn path_error_failures(r: &CheckResult, expect: &mut impl FnMut(&CheckResult, bool, &str)) {
-    let cases = [
-        ("missing", "/nope does not exist"),
-        ("notdir", "is not a directory"),
-        ("duptag", "used by another --fs"),
-    ];
+/// Each `key: status=S paddock: MESSAGE` line of an errors check: exit 2, and the message says
+/// `words`.
+fn refusals(
+    r: &CheckResult,
+    cases: &[(&str, &str)],
+    expect: &mut impl FnMut(&CheckResult, bool, &str),
+) {
     for (key, words) in cases {
         let line = r
             .stdout
@@ -264,6 +264,16 @@ fn path_error_failures(r: &CheckResult, expect: &mut impl FnMut(&CheckResult, bo
             &format!("{key}: exit 2 with one line saying `{words}`"),
         );
     }
+}
+
+/// The `--fs path=` errors check.
+fn path_error_failures(r: &CheckResult, expect: &mut impl FnMut(&CheckResult, bool, &str)) {
+    let cases = [
+        ("missing", "/nope does not exist"),
+        ("notdir", "is not a directory"),
+        ("duptag", "used by another --fs"),
+    ];
+    refusals(r, &cases, expect);
     expect(
         r,
         field(r, "left_dirs") == Some("0"),
@@ -504,18 +514,7 @@ pub fn failures(report: &Report, backend: &FsBackend) -> Vec<String> {
         ("longtag", "more than the 36"),
         ("duptag", "used by another --fs"),
     ];
-    for (key, words) in cases {
-        let line = r
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-            .unwrap_or_default();
-        expect(
-            r,
-            line.starts_with("status=2 paddock: ") && line.contains(words),
-            &format!("{key}: exit 2 with a line saying `{words}`"),
-        );
-    }
+    refusals(r, &cases, &mut expect);
     // One line each: nothing but the five answers on stdout.
     expect(
         r,
