@@ -2,7 +2,8 @@
 # Builds the default Paddock guest from Debian bookworm packages, installing nothing on the host:
 #   target/guest/vmlinuz            the Debian cloud kernel (bzImage)
 #   target/guest/vmlinux            the ELF kernel inside it (PVH entry note reported)
-#   target/guest/initramfs.cpio.gz  busybox, boot modules, iperf3, ethtool, and /init (resources/guest/init)
+#   target/guest/initramfs.cpio.gz  busybox, boot modules, iperf3, ethtool, coreutils' chroot as
+#                                   /usr/lib/paddock/gnu-chroot, and /init (resources/guest/init)
 # Outputs are reused while the scripts and the package versions they use are unchanged.
 # Environment: PADDOCK_DEB_CACHE (default target/debian) holds downloaded and unpacked packages.
 set -euo pipefail
@@ -16,7 +17,7 @@ out=$repo/target/guest
 started=$(date +%s.%N)
 
 kernel_meta=linux-image-cloud-amd64
-user_packages=(busybox-static iperf3 ethtool)
+user_packages=(busybox-static iperf3 ethtool coreutils)
 # virtio-pci transport, network (with failover), virtiofs and vsock, and the ACPI power button with
 # the input events busybox acpid reads; their dependencies are added.
 modules=(virtio virtio_ring virtio_pci virtio_net virtiofs fuse vsock vmw_vsock_virtio_transport evdev button)
@@ -59,6 +60,10 @@ mkdir -p "$root"/{dev,proc,sys,tmp,run,root,etc,mnt}
 chmod 1777 "$root/tmp"
 root_install_busybox "$root"
 for e in "${executables[@]}"; do root_install_exec "$root" "$(deb_which "$e")"; done
+# For --rootfs: busybox's chroot runs its own applet for any command name it knows (cat, sh, ls)
+# instead of the tree's program; coreutils' chroot execs what the tree's PATH finds. Under its own
+# name (root_install_exec drops busybox links of the same name), so busybox chroot stays as it was.
+root_install_exec "$root" "$(deb_which chroot)" usr/lib/paddock/gnu-chroot
 root_install_modules "$root" "$kdir" "${modules[@]}"
 install -m 755 "$here/init" "$root/init"
 install -D -m 755 "$here/power-button" "$root/etc/acpi/PWRF/00000080"

@@ -4,13 +4,17 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// Kernel command line used when the user gives none. `quiet` matters: every console byte is a VM exit.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 panic=1 reboot=acpi quiet";
 
 const EXIT_MARKER: &str = "PADDOCK-GUEST-EXIT ";
+/// Printed by /init once the command is about to run.
+const READY_MARKER: &str = "PADDOCK-GUEST-READY";
+/// Printed by /init, before READY, once the `--rootfs` share is mounted as the command's root.
+const ROOTFS_MARKER: &str = "PADDOCK-GUEST-ROOTFS ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefaultGuestError {
@@ -101,25 +105,51 @@ pub fn append_command(cmdline: &str, command: &[String]) -> Result<String, Defau
     Ok(out)
 }
 
-/// Passes serial output through while watching for the guest's exit-status line.
+/// What the guest's /init said on the console, as far as Paddock acts on it.
+#[derive(Debug)]
+pub struct GuestReport {
+    status: AtomicI32,
+    ready: AtomicBool,
+    rootfs_mounted: AtomicBool,
+}
+
+const NO_STATUS: i32 = -1;
+
+impl GuestReport {
+    /// The command's exit status, once reported.
+    pub fn status(&self) -> Option<i32> {
+        Some(self.status.load(Ordering::Acquire)).filter(|&s| s != NO_STATUS)
+    }
+
+    /// /init reached the command, but without saying it mounted the `--rootfs` tree first: it
+    /// does not know the protocol (an old default guest, a foreign initramfs), so the command ran
+    /// in the initramfs, not in the tree.
+    pub fn ran_without_rootfs(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.rootfs_mounted.load(Ordering::Acquire)
+    }
+}
+
+/// Passes serial output through while watching for the guest's protocol lines.
 pub struct ExitWatcher<W> {
     inner: W,
     line: Vec<u8>,
-    status: Arc<AtomicI32>,
+    report: Arc<GuestReport>,
 }
 
-pub const NO_STATUS: i32 = -1;
-
 impl<W: Write> ExitWatcher<W> {
-    pub fn new(inner: W) -> (Self, Arc<AtomicI32>) {
-        let status = Arc::new(AtomicI32::new(NO_STATUS));
+    pub fn new(inner: W) -> (Self, Arc<GuestReport>) {
+        let report = Arc::new(GuestReport {
+            status: AtomicI32::new(NO_STATUS),
+            ready: AtomicBool::new(false),
+            rootfs_mounted: AtomicBool::new(false),
+        });
         (
             Self {
                 inner,
                 line: Vec::new(),
-                status: status.clone(),
+                report: report.clone(),
             },
-            status,
+            report,
         )
     }
 
@@ -128,8 +158,12 @@ impl<W: Write> ExitWatcher<W> {
         if let Some(pos) = text.find(EXIT_MARKER) {
             let rest = text[pos + EXIT_MARKER.len()..].trim();
             if let Ok(code) = rest.parse::<i32>() {
-                self.status.store(code, Ordering::Release);
+                self.report.status.store(code, Ordering::Release);
             }
+        } else if text.trim_end() == READY_MARKER {
+            self.report.ready.store(true, Ordering::Release);
+        } else if text.starts_with(ROOTFS_MARKER) && !self.report.ready.load(Ordering::Acquire) {
+            self.report.rootfs_mounted.store(true, Ordering::Release);
         }
         self.line.clear();
     }
@@ -179,12 +213,26 @@ mod tests {
     }
 
     #[test]
+    fn watcher_tells_whether_the_rootfs_was_mounted_before_the_command() {
+        let (mut w, report) = ExitWatcher::new(Vec::new());
+        assert!(!report.ran_without_rootfs());
+        w.write_all(b"PADDOCK-GUEST-ROOTFS paddock-rootfs\r\nPADDOCK-GUEST-READY\r\n")
+            .unwrap();
+        assert!(!report.ran_without_rootfs());
+        // An /init that ignores paddock.rootfs=; a marker printed by the command counts not.
+        let (mut w, report) = ExitWatcher::new(Vec::new());
+        w.write_all(b"PADDOCK-GUEST-READY\r\nPADDOCK-GUEST-ROOTFS x\r\n")
+            .unwrap();
+        assert!(report.ran_without_rootfs());
+    }
+
+    #[test]
     fn watcher_finds_status_across_writes() {
-        let (mut w, status) = ExitWatcher::new(Vec::new());
+        let (mut w, report) = ExitWatcher::new(Vec::new());
         w.write_all(b"hello\r\nPADDOCK-GUEST-EX").unwrap();
-        assert_eq!(status.load(Ordering::Acquire), NO_STATUS);
+        assert_eq!(report.status(), None);
         w.write_all(b"IT 7\r\n").unwrap();
-        assert_eq!(status.load(Ordering::Acquire), 7);
+        assert_eq!(report.status(), Some(7));
         assert_eq!(w.inner, b"hello\r\nPADDOCK-GUEST-EXIT 7\r\n");
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::cli::RunArgs;
 use crate::config::{self, SerialTarget};
-use crate::default_guest::{self, ExitWatcher, NO_STATUS};
+use crate::default_guest::{self, ExitWatcher};
 use crate::placement::{self, CpuOptions};
 use crate::privilege;
 use crate::seccomp;
@@ -11,7 +11,6 @@ use crate::virtiofsd::launch::bundled_shares;
 use crate::{EXIT_CANNOT_START, EXIT_GUEST_FAILED};
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use vmm::shutdown::GracefulShutdown;
 use vmm::threads::ThreadCategory;
@@ -138,7 +137,7 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         SerialTarget::Stdout => Some(Box::new(std::io::stdin())),
         _ => None,
     };
-    let (watcher, guest_status) = ExitWatcher::new(out);
+    let (watcher, guest) = ExitWatcher::new(out);
     // Last before the VM: a backend started here is stopped again (drop) if anything fails.
     let (fses, mut shares) = match bundled_shares::start(fs_requests, args.seccomp) {
         Ok(s) => s,
@@ -183,16 +182,16 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
     }));
     let _ = std::io::stdout().flush();
     match outcome {
-        Outcome::PowerOff => {
-            let status = guest_status.load(Ordering::Acquire);
-            // Without CMD the default guest reports a status only when it could not start
-            // (a --rootfs that does not mount).
-            if status == NO_STATUS {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(status.clamp(0, 255) as u8)
-            }
+        Outcome::PowerOff if rootfs_readonly.is_some() && guest.ran_without_rootfs() => {
+            eprintln!("paddock: --rootfs: the guest ran the command without mounting the tree (its /init does not know paddock.rootfs=): rebuild the default guest with resources/guest/build.sh, or give an --initramfs that follows the protocol in docs/virtiofs.md");
+            ExitCode::from(EXIT_GUEST_FAILED)
         }
+        // Without CMD the default guest reports a status only when it could not start (a
+        // --rootfs that does not mount).
+        Outcome::PowerOff => match guest.status() {
+            None => ExitCode::SUCCESS,
+            Some(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        },
         Outcome::Reset => {
             eprintln!("paddock: the guest reset (reboot, or a kernel panic with panic=N); Paddock does not reboot guests, the run ends");
             ExitCode::from(EXIT_GUEST_FAILED)

@@ -8,13 +8,18 @@
 //! refuses writes with EROFS, a command the tree lacks ends with 127 and chroot's message, a
 //! share that does not mount is one line and status 125, and bad `--rootfs` values are exit 2
 //! with one line, leaving no backend process and no runtime directory behind (also when the VM
-//! fails after the tree's backend started).
+//! fails after the tree's backend started). Then a Debian bookworm tree (base-files, coreutils,
+//! dash and their libraries, from resources/testhost/build-debian-tree.sh, unpacked in L1 by
+//! uid 1000): `cat /etc/debian_version` prints the tree's version, GNU `ls` and dash run from it
+//! and a write reaches the host.
 //!
 //! Needs the release binaries first: `cargo build --release -p sandbox -p paddock-tests`.
 
+use std::process::Command;
 use std::time::Duration;
 
 use paddock_tests::testhost::{CheckResult, Scenario};
+use paddock_tests::workspace;
 
 /// Five guest boots under nested emulation.
 const BOOTS: Duration = Duration::from_secs(900);
@@ -58,10 +63,20 @@ echo "ro_status=$?"
 [ -e $T/ro-file ] && echo "host_ro_file=present" || echo "host_ro_file=absent"
 paddock run --memory 512M --rootfs $T -- no-such-command > $HOME/missing.out 2>&1
 echo "missing_status=$?"
-echo "missing_says=$(grep -c "can't execute 'no-such-command'" $HOME/missing.out)"
+echo "missing_says=$(grep -c "failed to run command 'no-such-command'" $HOME/missing.out)"
 paddock run --memory 512M --cmdline "console=ttyS0 8250.nr_uarts=1 panic=1 reboot=acpi quiet paddock.rootfs=no-such-tag" -- true > $HOME/nomount.out 2>&1
 echo "nomount_status=$?"
 echo "nomount_line=$(grep -c '^paddock rootfs: cannot mount the virtio-fs share no-such-tag as the root' $HOME/nomount.out)"
+# An initramfs whose /init ignores paddock.rootfs= (the default one with an older /init on top).
+mkdir -p $HOME/old
+printf '#!/bin/sh\necho PADDOCK-GUEST-READY\necho PADDOCK-GUEST-EXIT 0\npoweroff -f\n' > $HOME/old/init
+chmod 755 $HOME/old/init
+# Compressed too: the kernel takes an uncompressed archive after a compressed one only when aligned.
+(cd $HOME/old && echo init | cpio -o -H newc 2>/dev/null | gzip > $HOME/old.cpio.gz)
+cat $GUEST/initramfs.cpio.gz $HOME/old.cpio.gz > $HOME/old-initramfs
+paddock run --memory 512M --kernel $GUEST/vmlinuz --initramfs $HOME/old-initramfs --rootfs $T -- true 2> $HOME/ignored.err
+echo "ignored_status=$?"
+echo "ignored_says=$(grep -c 'paddock: --rootfs: the guest ran the command without mounting the tree' $HOME/ignored.err)"
 "#;
 
 /// Bad `--rootfs` values: exit 2 and one line; nothing is left behind.
@@ -83,6 +98,32 @@ echo "check_line=$(paddock check --memory 512M --rootfs $T,ro | grep rootfs)"
 echo "check_missing=$(paddock check --memory 512M --rootfs $HOME/nope | grep rootfs)"
 "#;
 
+/// Two boots from the Debian tree.
+const DEBIAN: Duration = Duration::from_secs(400);
+
+const DEBIAN_CHECK: &str = r#"D=$HOME/debian; rm -rf $D; mkdir -p $D
+tar -xzf $FILES/debian-tree.tar.gz -C $D || exit 11
+echo "host_version=$(cat $D/etc/debian_version)"
+paddock run --memory 512M --rootfs $D,ro -- cat /etc/debian_version
+echo "deb_ro_status=$?"
+paddock run --memory 512M --rootfs $D -- sh -c "echo shell=\$(readlink /proc/\$\$/exe); ls --version | head -n 1; echo user=\$(id -un); echo from-debian > /from-guest"
+echo "deb_status=$?"
+echo "host_from_guest=$(cat $D/from-guest)"
+"#;
+
+/// target/debian-tree/debian-tree.tar.gz, built (or found up to date) by its script.
+fn debian_tree() -> std::path::PathBuf {
+    let out = workspace::target_dir().join("debian-tree");
+    let script = workspace::root().join("resources/testhost/build-debian-tree.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(status.success(), "{} failed ({status})", script.display());
+    out.join("debian-tree.tar.gz")
+}
+
 /// The value of the first `key=value` line with this key.
 fn field<'a>(r: &'a CheckResult, key: &str) -> Option<&'a str> {
     let prefix = format!("{key}=");
@@ -103,7 +144,9 @@ fn line<'a>(r: &'a CheckResult, key: &str) -> &'a str {
 fn rootfs_runs_the_command_in_the_host_tree() {
     let mut s = Scenario::new("rootfs");
     s.check_as_user("boots", BOOTS, &format!("{PREAMBLE}{BOOTS_CHECK}"))
-        .check_as_user("errors", ERRORS, &format!("{PREAMBLE}{ERRORS_CHECK}"));
+        .check_as_user("errors", ERRORS, &format!("{PREAMBLE}{ERRORS_CHECK}"))
+        .check_as_user("debian", DEBIAN, DEBIAN_CHECK)
+        .file(&debian_tree());
     let Some(report) = s.run().expect("rootfs scenario") else {
         return;
     };
@@ -182,6 +225,11 @@ fn rootfs_runs_the_command_in_the_host_tree() {
         is("nomount_status", "125") && is("nomount_line", "1"),
         "a root share that does not mount: one line and status 125",
     );
+    expect(
+        r,
+        is("ignored_status", "1") && is("ignored_says", "1"),
+        "an initramfs that ignores --rootfs: paddock says so and exits 1, not with CMD's 0",
+    );
 
     let r = report.check("errors");
     for (key, words) in [
@@ -218,6 +266,29 @@ fn rootfs_runs_the_command_in_the_host_tree() {
         field(r, "check_missing")
             .is_some_and(|l| l.starts_with("FAIL") && l.contains("does not exist")),
         "paddock check reports a missing tree",
+    );
+    let r = report.check("debian");
+    let version = field(r, "host_version").filter(|v| v.starts_with("12."));
+    expect(
+        r,
+        version.is_some_and(|v| r.stdout.lines().any(|l| l.trim() == v))
+            && field(r, "deb_ro_status") == Some("0"),
+        "`--rootfs DEBIAN,ro -- cat /etc/debian_version` prints the tree's Debian 12 version",
+    );
+    expect(
+        r,
+        r.stdout
+            .lines()
+            .any(|l| l.trim().starts_with("ls (GNU coreutils)"))
+            && field(r, "user") == Some("root")
+            && field(r, "shell").is_some_and(|s| s.ends_with("/dash"))
+            && field(r, "deb_status") == Some("0"),
+        "the command `sh` is the tree's dash, and GNU ls and id run from the tree",
+    );
+    expect(
+        r,
+        field(r, "host_from_guest") == Some("from-debian"),
+        "a write in the Debian tree reaches the host",
     );
     assert!(
         failed.is_empty(),

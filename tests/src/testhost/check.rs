@@ -39,8 +39,9 @@ impl fmt::Display for RunAs {
 }
 
 /// One shell command of a scenario. It runs under `sh` with `paddock` and `paddock-bench` first on
-/// PATH and `$GUEST` naming the directory of the default guest (`vmlinuz`, `vmlinux`,
-/// `initramfs.cpio.gz`).
+/// PATH, `$GUEST` naming the directory of the default guest (`vmlinuz`, `vmlinux`,
+/// `initramfs.cpio.gz`) and `$FILES` the directory of the scenario's data files
+/// ([`super::Scenario::file`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     pub name: String,

@@ -26,6 +26,8 @@ pub enum ImageError {
     OutputMissing { script: PathBuf, missing: PathBuf },
     #[error("{0} does not exist: build it first with `cargo build --release -p sandbox -p paddock-tests` (or set PADDOCK_BIN)")]
     BinaryMissing(PathBuf),
+    #[error("{0} does not exist: build it first (the scenario ships it to the checks' $FILES)")]
+    FileMissing(PathBuf),
     #[error("guest directory {0} lacks {1}: rebuild it with resources/guest/build.sh (or fix PADDOCK_GUEST_DIR)")]
     GuestFileMissing(PathBuf, &'static str),
     #[error("`{cmd}` failed while packing the payload: {why}")]
@@ -191,6 +193,9 @@ pub struct PayloadSpec {
     /// Shared libraries the binaries need that L1 lacks; staged in `/opt/paddock/lib`, which the
     /// scenario puts on LD_LIBRARY_PATH.
     pub extra_libs: Vec<PathBuf>,
+    /// Data the checks read (e.g. a tarball), staged as is (0644) in `/opt/paddock/files`, which
+    /// the checks find as `$FILES`.
+    pub extra_files: Vec<PathBuf>,
 }
 
 /// File names of the shared objects inside a cpio archive (the L1 base).
@@ -308,6 +313,19 @@ pub fn stage(spec: &PayloadSpec, root: &Path) -> Result<(), ImageError> {
             set_mode(&dst, 0o755)?;
         }
     }
+    if !spec.extra_files.is_empty() {
+        let files = root.join("opt/paddock/files");
+        mkdir(&files)?;
+        for f in &spec.extra_files {
+            let name = f
+                .file_name()
+                .filter(|_| f.is_file())
+                .ok_or_else(|| ImageError::FileMissing(f.clone()))?;
+            let dst = files.join(name);
+            fs::copy(f, &dst).map_err(io_err("cannot copy", f))?;
+            set_mode(&dst, 0o644)?;
+        }
+    }
     for f in GUEST_FILES {
         let dst = guest.join(f);
         fs::copy(spec.guest_dir.join(f), &dst).map_err(io_err("cannot copy", &dst))?;
@@ -374,6 +392,7 @@ mod tests {
             scenario_files: vec![("run.sh".into(), "#!/bin/sh\necho hi\n".into())],
             extra_binaries: vec![PathBuf::from("/bin/true")],
             extra_libs: Vec::new(),
+            extra_files: vec![PathBuf::from("/etc/hostname")],
         };
         let root = tmp.path().join("stage");
         fs::create_dir(&root).unwrap();
@@ -389,6 +408,9 @@ mod tests {
         assert!(list.contains("opt/paddock/bin/paddock-bench"), "{list}");
         assert!(list.contains("opt/paddock/bin/true"), "{list}");
         assert!(list.contains("opt/paddock/guest/vmlinux"), "{list}");
+        assert!(list
+            .lines()
+            .any(|l| l.starts_with("-rw-r--r--") && l.ends_with("opt/paddock/files/hostname")));
         assert!(list
             .lines()
             .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("scenario/run.sh")));

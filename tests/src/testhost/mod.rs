@@ -98,6 +98,7 @@ pub struct Scenario {
     paddock: Option<PathBuf>,
     paddock_bench: Option<PathBuf>,
     extra_binaries: Vec<PathBuf>,
+    extra_files: Vec<PathBuf>,
     l1_cpus: u32,
     l1_memory_mib: u32,
     /// cpio archives added to L1's initramfs after the base (e.g. the QEMU layer for peers).
@@ -115,6 +116,7 @@ impl Scenario {
             paddock: None,
             paddock_bench: None,
             extra_binaries: Vec::new(),
+            extra_files: Vec::new(),
             l1_cpus: 2,
             l1_memory_mib: 4096,
             layers: Vec::new(),
@@ -185,6 +187,12 @@ impl Scenario {
     /// libraries it needs that L1 lacks.
     pub fn binary(&mut self, path: &Path) -> &mut Self {
         self.extra_binaries.push(path.to_path_buf());
+        self
+    }
+
+    /// A data file the checks read (a tarball, ...): in `$FILES` under its own name.
+    pub fn file(&mut self, path: &Path) -> &mut Self {
+        self.extra_files.push(path.to_path_buf());
         self
     }
 
@@ -265,6 +273,7 @@ impl Scenario {
             scenario_files: files,
             extra_binaries: self.extra_binaries.clone(),
             extra_libs: Vec::new(),
+            extra_files: self.extra_files.clone(),
         })
     }
 
@@ -698,6 +707,7 @@ mod tests {
             scenario_files: Vec::new(),
             extra_binaries: Vec::new(),
             extra_libs: Vec::new(),
+            extra_files: Vec::new(),
         };
         spec.scenario_files.push((
             "run.sh".into(),

@@ -66,6 +66,7 @@ ROOT="${PADDOCK_ROOT:-}"
 SCEN="$ROOT/scenario"
 BIN="$ROOT/opt/paddock/bin"
 GUEST="$ROOT/opt/paddock/guest"
+FILES="$ROOT/opt/paddock/files"
 WORK="$(mktemp -d /tmp/paddock-scenario.XXXXXX)" || { echo "@@SCENARIO-ERROR mktemp failed"; exit 1; }
 HOMEDIR="$WORK/home"
 # mktemp made WORK 0700: unprivileged checks must reach their HOME inside it.
@@ -83,7 +84,7 @@ run_check() {
     echo "@@CHECK-BEGIN $name"
     now; start=$NOW; beat=$NOW
     ( cd "$HOMEDIR" && exec setsid "$@" env -i PATH="$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-        HOME="$HOMEDIR" GUEST="$GUEST" PADDOCK_GUEST_DIR="$GUEST" TERM=dumb LD_LIBRARY_PATH="$ROOT/opt/paddock/lib" \
+        HOME="$HOMEDIR" GUEST="$GUEST" FILES="$FILES" PADDOCK_GUEST_DIR="$GUEST" TERM=dumb LD_LIBRARY_PATH="$ROOT/opt/paddock/lib" \
         sh "$SCEN/checks/$name.sh" ) >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
     CHILD=$!
     timedout=0; nap=0.1; polls=0
