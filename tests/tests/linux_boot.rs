@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use paddock_tests::testhost::{CheckResult, Report, RunAs, Scenario};
+use paddock_tests::testhost::{CheckResult, Report, RunAs, Scenario, Verdict};
 
 /// An L2 boot takes 5-8 s in the test host on the 2-core development machine; 25x that.
 const BOOT: Duration = Duration::from_secs(180);
@@ -137,18 +137,6 @@ fn scenario() -> Scenario {
     );
     s.paddock_bench_bin(Path::new(env!("CARGO_BIN_EXE_paddock-bench")));
     s
-}
-
-/// Collects failed expectations so that one run reports all of them.
-#[derive(Default)]
-struct Verdict(Vec<String>);
-
-impl Verdict {
-    fn expect(&mut self, ok: bool, what: &str, r: &CheckResult) {
-        if !ok {
-            self.0.push(format!("{what}\n{r}"));
-        }
-    }
 }
 
 fn guest_lines(r: &CheckResult) -> Vec<&str> {
@@ -330,15 +318,15 @@ fn default_guest_boots_and_bad_input_is_refused() {
     expect_refusal(&mut v, &report, "bad-cpus-4096", &["4096"]);
     expect_refusal(&mut v, &report, "bad-no-kvm-access", &["/dev/kvm"]);
 
-    if !v.0.is_empty() {
+    if !v.failures().is_empty() {
         panic!(
             "{} expectation(s) failed in {} mode (logs: {}):\n\n{}",
-            v.0.len(),
+            v.failures().len(),
             report.mode,
             report
                 .log_dir()
                 .map_or("-".into(), |p| p.display().to_string()),
-            v.0.join("\n")
+            v.failures().join("\n")
         );
     }
 }

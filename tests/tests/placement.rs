@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use paddock_tests::testhost::{CheckResult, Scenario};
+use paddock_tests::testhost::{CheckResult, Scenario, Verdict};
 
 const BOOT: Duration = Duration::from_secs(240);
 const QUICK: Duration = Duration::from_secs(60);
@@ -160,16 +160,11 @@ exit $status"#,
     let Some(report) = s.run().expect("placement scenario") else {
         return;
     };
-    let mut failures = Vec::new();
-    let mut expect = |ok: bool, what: &str, r: &CheckResult| {
-        if !ok {
-            failures.push(format!("{what}\n{r}"));
-        }
-    };
+    let mut v = Verdict::default();
 
     let r = report.check("pinned");
     let t = threads(r);
-    expect(
+    v.expect(
         r.status == 0 && field(r, "status=") == Some("0"),
         "the pinned guest must run and power off",
         r,
@@ -185,7 +180,7 @@ exit $status"#,
         ("net0-qp0", "1"),
         ("net0-qp1", "0"),
     ] {
-        expect(
+        v.expect(
             cpus_of(name) == Some(cpu),
             &format!("{name} must be allowed on CPU {cpu} only"),
             r,
@@ -195,7 +190,7 @@ exit $status"#,
         .iter()
         .filter(|(n, ..)| !n.starts_with("CPU_") && !n.starts_with("net0-qp"))
         .collect();
-    expect(
+    v.expect(
         emulator.len() >= 2 && emulator.iter().all(|(_, c, p, _)| c == "1" && p == "0"),
         "every other thread (main, spawner, serial) must be on the emulator CPU 1, SCHED_OTHER",
         r,
@@ -204,51 +199,51 @@ exit $status"#,
     for name in ["realtime-root-with-user", "realtime-rlimit"] {
         let r = report.check(name);
         let t = threads(r);
-        expect(
+        v.expect(
             r.status == 0 && field(r, "status=") == Some("0"),
             &format!("{name}: the realtime guest must run and power off"),
             r,
         );
-        expect(
+        v.expect(
             t.iter()
                 .any(|(n, c, p, prio)| n == "CPU_0/KVM" && c == "1" && p == "1" && prio == "10"),
             &format!("{name}: CPU 0/KVM must run SCHED_FIFO (policy 1) priority 10 on CPU 1"),
             r,
         );
-        expect(
+        v.expect(
             t.iter()
                 .filter(|(n, ..)| n != "CPU_0/KVM")
                 .all(|(_, _, p, _)| p == "0"),
             &format!("{name}: only the vCPU is realtime"),
             r,
         );
-        expect(
+        v.expect(
             field(r, "Uid=").is_some_and(|u| u.split_whitespace().all(|x| x == "1000")),
             &format!("{name}: paddock must run as uid 1000"),
             r,
         );
     }
     let r = report.check("realtime-root-with-user");
-    expect(
+    v.expect(
         t_all_on(r, "0"),
         "realtime-root-with-user: the threads other than the vCPU must be on emulator CPU 0",
         r,
     );
     for set in ["CapEff=", "CapPrm=", "CapBnd="] {
-        expect(
+        v.expect(
             field(r, set) == Some("0000000000800000"),
             &format!("started as root with --user: {set} must hold SYS_NICE (bit 23) only"),
             r,
         );
     }
-    expect(
+    v.expect(
         field(r, "CapAmb=") == Some("0000000000000000"),
         "no ambient capabilities",
         r,
     );
     let r = report.check("realtime-rlimit");
     for set in ["CapEff=", "CapPrm="] {
-        expect(
+        v.expect(
             field(r, set) == Some("0000000000000000"),
             &format!("with RLIMIT_RTPRIO: {set} must be empty"),
             r,
@@ -256,7 +251,7 @@ exit $status"#,
     }
 
     let r = report.check("realtime-without-sys-nice");
-    expect(
+    v.expect(
         r.status == 2
             && r.stderr.trim().lines().count() == 1
             && r.stderr
@@ -268,7 +263,7 @@ exit $status"#,
 
     let r = report.check("check-sys-nice");
     let has = |line: &str| r.stdout.lines().any(|l| l.starts_with(line));
-    expect(
+    v.expect(
         field(r, "root_status=") == Some("0")
             && has("ok   realtime: SCHED_FIFO 10 permitted by CAP_SYS_NICE")
             && has("--   SYS_NICE: started as root with --user")
@@ -278,7 +273,7 @@ exit $status"#,
         "paddock check as root with --user: every need met, SYS_NICE kept across --user",
         r,
     );
-    expect(
+    v.expect(
         field(r, "user_status=") == Some("1")
             && has("user: FAIL realtime: --cpus realtime=fifo:10 needs CAP_SYS_NICE")
             && has("user: --   SYS_NICE: not available"),
@@ -292,19 +287,9 @@ exit $status"#,
         ("outside-mask", "CPU 1 for vCPU 1 is outside the CPUs paddock may use: 0 (affinity mask 0"),
         ("outside-cpuset", "CPU 1 for vCPU 0 is outside the CPUs paddock may use: 0 (affinity mask 0, cgroup cpuset 0 in /sys/fs/cgroup/narrow/cpuset.cpus.effective)"),
     ] {
-        let r = report.check(name);
-        expect(
-            r.status == 2 && r.stderr.contains(needle) && r.stderr.trim().lines().count() == 1,
-            &format!("{name}: exit 2 with one line naming `{needle}`"),
-            r,
-        );
+        v.refused(&report, name, needle);
     }
-    assert!(
-        failures.is_empty(),
-        "{} expectation(s) failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    v.assert_passed();
 }
 
 /// Every thread but the vCPU is allowed on `cpu` only.

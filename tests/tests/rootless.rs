@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use paddock_tests::testhost::{CheckResult, Scenario};
+use paddock_tests::testhost::{CheckResult, Scenario, Verdict};
 
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -81,21 +81,16 @@ echo "free_after=$(free_pages)""#,
     let Some(report) = s.run().expect("rootless scenario") else {
         return;
     };
-    let mut failures = Vec::new();
-    let mut expect = |ok: bool, what: &str, r: &CheckResult| {
-        if !ok {
-            failures.push(format!("{what}\n{r}"));
-        }
-    };
+    let mut v = Verdict::default();
 
     let r = report.check("hugetlbfs-guest");
     let num = |k: &str| field(r, k).and_then(|v| v.parse::<i64>().ok());
-    expect(
+    v.expect(
         r.status == 0 && field(r, "status=") == Some("0"),
         "the guest must run and power off",
         r,
     );
-    expect(
+    v.expect(
         num("free_before=")
             .zip(num("free_during="))
             .map(|(b, d)| b - d)
@@ -103,29 +98,29 @@ echo "free_after=$(free_pages)""#,
         "a 256M guest must take 128 2M pages while it runs",
         r,
     );
-    expect(
+    v.expect(
         num("free_after=") == num("free_before="),
         "the pages must come back after exit",
         r,
     );
-    expect(
+    v.expect(
         field(r, "mount_entries_during=") == Some("0"),
         "nothing may stay on the hugetlbfs mount while the guest runs",
         r,
     );
-    expect(
+    v.expect(
         field(r, "Uid=").is_some_and(|u| u.split_whitespace().all(|x| x == "1000")),
         "paddock must run as uid 1000 (real, effective, saved, fs)",
         r,
     );
     for set in ["CapEff=", "CapPrm=", "CapBnd=", "CapAmb="] {
-        expect(
+        v.expect(
             field(r, set) == Some("0000000000000000"),
             &format!("{set} must be empty"),
             r,
         );
     }
-    expect(
+    v.expect(
         field(r, "NoNewPrivs=") == Some("1"),
         "no_new_privs must be set",
         r,
@@ -135,7 +130,7 @@ echo "free_after=$(free_pages)""#,
         .lines()
         .filter(|l| l.starts_with("thread "))
         .collect();
-    expect(
+    v.expect(
         threads.iter().any(|t| t.contains("CPU_1/KVM"))
             && threads.iter().all(|t| t.ends_with("seccomp=2")),
         "every thread (CPU 0/KVM and CPU 1/KVM among them) must run under a seccomp filter",
@@ -143,13 +138,13 @@ echo "free_after=$(free_pages)""#,
     );
 
     let r = report.check("kill-9");
-    expect(r.status == 0, "the kill -9 check must run", r);
-    expect(
+    v.expect(r.status == 0, "the kill -9 check must run", r);
+    v.expect(
         field(r, "mount_entries_after=") == Some("0"),
         "kill -9 must leave nothing on the hugetlbfs mount",
         r,
     );
-    expect(
+    v.expect(
         field(r, "free_after=") == Some("300"),
         "kill -9 must give every hugepage back",
         r,
@@ -160,17 +155,7 @@ echo "free_after=$(free_pages)""#,
         ("not-hugetlbfs", "/tmp"),
         ("root-without-user", "--user"),
     ] {
-        let r = report.check(name);
-        expect(
-            r.status == 2 && r.stderr.contains(needle) && r.stderr.trim().lines().count() == 1,
-            &format!("{name}: exit 2 with one line naming `{needle}`"),
-            r,
-        );
+        v.refused(&report, name, needle);
     }
-    assert!(
-        failures.is_empty(),
-        "{} expectation(s) failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    v.assert_passed();
 }

@@ -22,6 +22,7 @@ pub mod markers;
 pub mod mode;
 pub mod qemu;
 pub mod script;
+pub mod verdict;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -36,6 +37,7 @@ pub use check::{Check, CheckError, CheckResult, RunAs};
 pub use follow::Limits;
 pub use markers::L1Ready;
 pub use mode::{Choice, Mode, ModeError};
+pub use verdict::Verdict;
 
 use follow::{ChildGuard, Ending, Followed};
 use image::{ImageError, PayloadSpec};
