@@ -5,7 +5,8 @@
 //! the tree's own dynamic linker runs too. Checked: CMD's output and exit status are paddock's,
 //! the guest's `/` is the tree (its listing, the virtio-fs root in /proc/mounts, proc and a tmpfs
 //! /tmp mounted), a file written in the guest is in DIR on the host with the same content, `,ro`
-//! refuses writes with EROFS, a command the tree lacks ends with 127 and chroot's message, a
+//! refuses writes with EROFS, a command the tree lacks ends with 127 and chroot's message, without
+//! CMD a shell on the console runs in the tree, an /init that ignores the protocol is reported, a
 //! share that does not mount is one line and status 125, and bad `--rootfs` values are exit 2
 //! with one line, leaving no backend process and no runtime directory behind (also when the VM
 //! fails after the tree's backend started). Then a Debian bookworm tree (base-files, coreutils,
@@ -67,6 +68,18 @@ echo "missing_says=$(grep -c "failed to run command 'no-such-command'" $HOME/mis
 paddock run --memory 512M --cmdline "console=ttyS0 8250.nr_uarts=1 panic=1 reboot=acpi quiet paddock.rootfs=no-such-tag" -- true > $HOME/nomount.out 2>&1
 echo "nomount_status=$?"
 echo "nomount_line=$(grep -c '^paddock rootfs: cannot mount the virtio-fs share no-such-tag as the root' $HOME/nomount.out)"
+# No CMD: a shell in the tree on the console, fed once the guest is ready.
+mkfifo $HOME/in
+paddock run --memory 512M --rootfs $T < $HOME/in > $HOME/shell.out 2>&1 &
+P=$!
+exec 3> $HOME/in
+i=0; while ! grep -q PADDOCK-GUEST-READY $HOME/shell.out && [ $i -lt 1500 ]; do sleep 0.2; i=$((i + 1)); done
+sleep 1
+echo 'echo shell_says=$(cat /marker):$HOME:$(pwd)' >&3
+echo 'exit' >&3
+wait $P; echo "shell_status=$?"
+exec 3>&-
+grep '^shell_says=' $HOME/shell.out | tr -d '\r'
 # An initramfs whose /init ignores paddock.rootfs= (the default one with an older /init on top).
 mkdir -p $HOME/old
 printf '#!/bin/sh\necho PADDOCK-GUEST-READY\necho PADDOCK-GUEST-EXIT 0\npoweroff -f\n' > $HOME/old/init
@@ -224,6 +237,11 @@ fn rootfs_runs_the_command_in_the_host_tree() {
         r,
         is("nomount_status", "125") && is("nomount_line", "1"),
         "a root share that does not mount: one line and status 125",
+    );
+    expect(
+        r,
+        is("shell_status", "0") && is("shell_says", "marker-4f1c:/root:/"),
+        "without CMD, a shell on the console runs in the tree (cwd /, HOME=/root)",
     );
     expect(
         r,
