@@ -19,7 +19,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use paddock_tests::testhost::{CheckResult, Scenario};
+use paddock_tests::testhost::{CheckResult, Scenario, Verdict};
 use paddock_tests::workspace;
 
 /// Five guest boots under nested emulation.
@@ -163,90 +163,85 @@ fn rootfs_runs_the_command_in_the_host_tree() {
     let Some(report) = s.run().expect("rootfs scenario") else {
         return;
     };
-    let mut failed = Vec::new();
-    let mut expect = |r: &CheckResult, ok: bool, what: &str| {
-        if !ok {
-            failed.push(format!("{what}\n{r}"));
-        }
-    };
+    let mut v = Verdict::default();
 
     let r = report.check("boots");
     let is = |key: &str, want: &str| field(r, key) == Some(want);
-    expect(
-        r,
+    v.expect(
         r.stdout.lines().any(|l| l.trim() == "marker-4f1c") && is("cat_status", "0"),
         "`--rootfs TREE -- cat /marker` prints the tree's marker and exits 0",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("check_status", "7"),
         "CMD's exit status (7) is paddock's",
+        r,
     );
     let listing = field(r, "root_listing").unwrap_or_default();
-    expect(
-        r,
+    v.expect(
         ["bin", "check.sh", "marker", "proc", "tmp"]
             .iter()
             .all(|e| listing.split(' ').any(|l| l == *e)),
         "the guest's / lists the tree's entries",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("root_mount", "paddock-rootfs virtiofs"),
         "the guest's / is the virtio-fs share",
-    );
-    expect(r, is("proc_mounted", "1"), "/proc is mounted in the tree");
-    expect(r, is("tmp_fs", "tmpfs"), "/tmp is a tmpfs in the tree");
-    expect(
         r,
+    );
+    v.expect(is("proc_mounted", "1"), "/proc is mounted in the tree", r);
+    v.expect(is("tmp_fs", "tmpfs"), "/tmp is a tmpfs in the tree", r);
+    v.expect(
         is("cwd", "/ home=/root"),
         "CMD runs in / with HOME=/root",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("dash", "ran-from-tree"),
         "a dynamically linked program runs through the tree's own ld.so and libc",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("host_written", "written-in-guest"),
         "a file the guest wrote is in the host tree with the same content",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("ro_status", "0") && is("ro_marker", "marker-4f1c"),
         "a read-only tree reads",
-    );
-    expect(
         r,
+    );
+    v.expect(
         field(r, "ro_create").is_some_and(|v| v.contains("Read-only file system")),
         "a read-only tree refuses writes with EROFS",
-    );
-    expect(r, is("ro_options", "ro"), "a read-only tree is mounted ro");
-    expect(
         r,
+    );
+    v.expect(is("ro_options", "ro"), "a read-only tree is mounted ro", r);
+    v.expect(
         is("host_ro_file", "absent"),
         "nothing was written to a read-only tree",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("missing_status", "127") && is("missing_says", "1"),
         "a command the tree lacks: status 127 and chroot's message naming it",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("nomount_status", "125") && is("nomount_line", "1"),
         "a root share that does not mount: one line and status 125",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("shell_status", "0") && is("shell_says", "marker-4f1c:/root:/"),
         "without CMD, a shell on the console runs in the tree (cwd /, HOME=/root)",
-    );
-    expect(
         r,
+    );
+    v.expect(
         is("ignored_status", "1") && is("ignored_says", "1"),
         "an initramfs that ignores --rootfs: paddock says so and exits 1, not with CMD's 0",
+        r,
     );
 
     let r = report.check("errors");
@@ -258,43 +253,42 @@ fn rootfs_runs_the_command_in_the_host_tree() {
         ("latefail", "nope.sock"),
     ] {
         let l = line(r, key);
-        expect(
-            r,
+        v.expect(
             l.starts_with("status=2 lines=1 paddock: ") && l.contains(words),
             &format!("{key}: exit 2 with one line saying `{words}`"),
+            r,
         );
     }
-    expect(
-        r,
+    v.expect(
         field(r, "left_dirs") == Some("0"),
         "no runtime directory left behind",
-    );
-    expect(
         r,
+    );
+    v.expect(
         field(r, "left_backends") == Some("0"),
         "no backend process left behind",
-    );
-    expect(
         r,
+    );
+    v.expect(
         field(r, "check_line").is_some_and(|l| l.starts_with("ok") && l.contains("read-only")),
         "paddock check reports the tree as usable, read-only",
-    );
-    expect(
         r,
+    );
+    v.expect(
         field(r, "check_missing")
             .is_some_and(|l| l.starts_with("FAIL") && l.contains("does not exist")),
         "paddock check reports a missing tree",
+        r,
     );
     let r = report.check("debian");
     let version = field(r, "host_version").filter(|v| v.starts_with("12."));
-    expect(
-        r,
+    v.expect(
         version.is_some_and(|v| r.stdout.lines().any(|l| l.trim() == v))
             && field(r, "deb_ro_status") == Some("0"),
         "`--rootfs DEBIAN,ro -- cat /etc/debian_version` prints the tree's Debian 12 version",
-    );
-    expect(
         r,
+    );
+    v.expect(
         r.stdout
             .lines()
             .any(|l| l.trim().starts_with("ls (GNU coreutils)"))
@@ -302,16 +296,12 @@ fn rootfs_runs_the_command_in_the_host_tree() {
             && field(r, "shell").is_some_and(|s| s.ends_with("/dash"))
             && field(r, "deb_status") == Some("0"),
         "the command `sh` is the tree's dash, and GNU ls and id run from the tree",
-    );
-    expect(
         r,
+    );
+    v.expect(
         field(r, "host_from_guest") == Some("from-debian"),
         "a write in the Debian tree reaches the host",
+        r,
     );
-    assert!(
-        failed.is_empty(),
-        "{} expectation(s) failed:\n\n{}",
-        failed.len(),
-        failed.join("\n\n")
-    );
+    v.assert_passed();
 }
