@@ -102,13 +102,8 @@ pub fn check(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return bad_input(e),
     };
-    let mut fs_requests = match args
-        .fs
-        .iter()
-        .map(|f| config::parse_fs(f))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(f) => f,
+    let mut fs_requests = match config::parse_fses(&args.fs) {
+        Ok(v) => v,
         Err(e) => return bad_input(e),
     };
     // `--rootfs DIR` is a `path=` share like the others.
@@ -116,13 +111,8 @@ pub fn check(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(r) => fs_requests.extend(r),
         Err(e) => return bad_input(e),
     }
-    let nets = match args
-        .net
-        .iter()
-        .map(|n| config::parse_net(n))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(n) => n,
+    let nets = match config::parse_nets(&args.net) {
+        Ok(v) => v,
         Err(e) => return bad_input(e),
     };
 

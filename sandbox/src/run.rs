@@ -29,13 +29,8 @@ fn cannot_start(err: impl std::fmt::Display) -> ExitCode {
 pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
     // First of all: `--net fd=N` claims inherited descriptors, which is sound only while the
     // process has opened nothing of its own.
-    let nets = match args
-        .net
-        .iter()
-        .map(|n| config::parse_net(n))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(n) => n,
+    let nets = match config::parse_nets(&args.net) {
+        Ok(v) => v,
         Err(e) => return cannot_start(e),
     };
     // Before any thread starts, so that every thread inherits the blocked mask.
@@ -78,13 +73,8 @@ pub fn run(user: Option<&str>, args: RunArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return cannot_start(e),
     };
-    let mut fs_requests = match args
-        .fs
-        .iter()
-        .map(|f| config::parse_fs(f))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(f) => f,
+    let mut fs_requests = match config::parse_fses(&args.fs) {
+        Ok(v) => v,
         Err(e) => return cannot_start(e),
     };
     let rootfs = match args.rootfs.as_deref().map(config::parse_rootfs).transpose() {

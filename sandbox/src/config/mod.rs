@@ -40,6 +40,16 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
     MemoryConfig::from_options(|key| kv.get(key)).map_err(ConfigError::Memory)
 }
 
+/// Every `--net`, in order.
+pub fn parse_nets(texts: &[String]) -> Result<Vec<NetSpec>, ConfigError> {
+    texts.iter().map(|t| parse_net(t)).collect()
+}
+
+/// Every `--fs`, in order.
+pub fn parse_fses(texts: &[String]) -> Result<Vec<FsRequest>, ConfigError> {
+    texts.iter().map(|t| parse_fs(t)).collect()
+}
+
 /// `--net tap=NAME[,queues=PAIRS][,mac=MAC]` (a bare first value is the tap name) or
 /// `--net fd=N[,fd=M...][,mac=MAC]` (tap queues inherited from the parent, one per pair).
 ///
