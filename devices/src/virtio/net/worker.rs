@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -119,56 +119,28 @@ struct WorkQueue {
     queue: Queue,
     notify: EventFd,
     vector: u16,
-    /// The used index when the worker last looked whether the driver wants an interrupt.
-    looked_at: u16,
 }
 
 impl From<QueueActivation> for WorkQueue {
     fn from(q: QueueActivation) -> Self {
-        let looked_at = q.queue.next_used();
         Self {
             queue: q.queue,
             notify: q.notify,
             vector: q.vector,
-            looked_at,
         }
     }
-}
-
-/// `vring_need_event` (virtio 1.2, 2.7.10): whether moving an index from `old` to `new` passes
-/// the other side's `event` index.
-fn need_event(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 impl WorkQueue {
-    /// With EVENT_IDX, whether the used entries added since the last look passed the index
-    /// the driver asked an interrupt at. A cheap read (no fence) made after every frame, so
-    /// the driver hears mid-batch and refills its ring while the worker goes on; a stale read
-    /// only delays the interrupt to the look at the end of the batch.
-    fn interrupt_due(&self, mem: &GuestMemoryMmap) -> bool {
-        if !self.queue.event_idx_enabled() {
-            return false;
-        }
-        let used_event = 4 + 2 * u64::from(self.queue.size());
-        let Some(addr) = GuestAddress(self.queue.avail_ring()).checked_add(used_event) else {
-            return false;
-        };
-        match mem.load::<u16>(addr, Ordering::Relaxed) {
-            Ok(event) => need_event(u16::from_le(event), self.queue.next_used(), self.looked_at),
-            Err(_) => false,
-        }
-    }
-
     /// Raises the queue's interrupt if the driver wants one for what was used since the last
-    /// look. Err: the ring is unreadable.
+    /// look (once per batch: an interrupt per frame would cost the worker a wake-up of the
+    /// driver per frame). Err: the ring is unreadable.
     fn notify_driver(
         &mut self,
         mem: &GuestMemoryMmap,
         interrupt: &VirtioInterrupt,
         name: &str,
     ) -> Result<(), String> {
-        self.looked_at = self.queue.next_used();
         match self.queue.needs_notification(mem) {
             Ok(true) => {
                 if let Err(e) = interrupt.signal_queue(self.vector) {
@@ -563,9 +535,6 @@ impl Worker {
                 .queue
                 .add_used(mem, head, 0)
                 .map_err(|e| e.to_string())?;
-            if self.tx.interrupt_due(mem) {
-                self.tx.notify_driver(mem, &self.interrupt, &self.name)?;
-            }
         }
         Ok(count)
     }
@@ -711,10 +680,6 @@ impl Worker {
         }
         *used += filled;
         self.rx_held.consume(filled);
-        if self.rx.interrupt_due(&self.mem) {
-            self.rx
-                .notify_driver(&self.mem, &self.interrupt, &self.name)?;
-        }
         Ok(true)
     }
 
