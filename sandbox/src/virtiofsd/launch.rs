@@ -143,10 +143,17 @@ impl RunningShare {
         if let Some(mode) = spec.seccomp.to_possible_value() {
             cmd.arg("--seccomp").arg(mode.get_name());
         }
-        // SAFETY: the closure runs in the child between fork and exec and only makes the
-        // async-signal-safe prctl call.
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // async-signal-safe calls (sigemptyset, sigprocmask, prctl) on a set it owns.
         unsafe {
             cmd.pre_exec(|| {
+                // paddock run blocks SIGTERM/SIGINT for its signalfd, and the mask survives exec:
+                // the backend starts with none blocked, or the signal below would never arrive.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 // Not left waiting for a frontend that will never come if paddock dies first.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -431,6 +438,32 @@ mod tests {
         let _conn = UnixStream::connect(&socket).unwrap();
         running.connected();
         assert!(!socket.exists() && !dir.exists());
+    }
+
+    /// `paddock run` blocks SIGTERM and SIGINT (its signalfd); the backend must not inherit
+    /// that, or its parent-death signal would never arrive.
+    #[test]
+    fn backend_starts_with_no_signal_blocked() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let share = share_dir();
+        let mut blocked = nix::sys::signal::SigSet::empty();
+        blocked.add(nix::sys::signal::Signal::SIGTERM);
+        blocked.add(nix::sys::signal::Signal::SIGINT);
+        blocked.thread_block().unwrap();
+        let started = RunningShare::start(&paddock(), as_user(), &spec(share.path()));
+        blocked.thread_unblock().unwrap();
+        let running = started.unwrap();
+        let pid = running.child.as_ref().map(|c| c.id()).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .map(str::trim)
+            .unwrap();
+        assert_eq!(
+            mask, "0000000000000000",
+            "the backend inherited a signal mask"
+        );
     }
 
     #[test]
