@@ -89,10 +89,9 @@ fn transfer_at(
                     Direction::FromFile => libc::EINVAL,
                 })
             })?;
-        // SAFETY: every iovec points into a guest buffer that `pending` keeps mapped for the
-        // call (VolatileSlice bounds-checked it against its memory region); pwritev only reads
-        // them, preadv writes only buffers of device-writable descriptors (the `Writer`'s). The
-        // count is the vector's own length.
+        // SAFETY: each iovec is a bounds-checked guest buffer `pending` keeps mapped; pwritev
+        // only reads them, preadv writes only device-writable ones (the `Writer`'s); the count
+        // is the vector's own length.
         let n = unsafe {
             match direction {
                 Direction::ToFile => {
