@@ -11,7 +11,7 @@ use super::worker::{PairShared, ReportedOnce, TapSetup, Worker, WorkerSetup};
 use super::VNET_HDR_LEN;
 use crate::virtio::{
     feature, pci, ActivateError, Activation, JoinWorker, QueueActivation, VirtioDevice,
-    WorkerSpawner, F_RING_EVENT_IDX, F_VERSION_1, TYPE_NET,
+    WorkerSpawner, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_NET,
 };
 
 /// Feature bits (virtio 1.2, 5.1.3).
@@ -224,6 +224,9 @@ impl VirtioDevice for Net {
         let mut bits = vec![
             F_VERSION_1,
             F_RING_EVENT_IDX,
+            // A TSO frame is up to 19 buffers: as direct chains, 13 of them fill a 256-entry
+            // ring and the guest stops its queue; indirect, each takes one entry.
+            F_RING_INDIRECT_DESC,
             F_CSUM,
             F_GUEST_CSUM,
             F_GUEST_TSO4,
