@@ -3,16 +3,12 @@
 //! as a KVM ioeventfd (which the backend then waits on) and give each queue an MSI-X vector whose
 //! irqfd the backend signals.
 
-use crate::interrupts::GsiRouting;
-use crate::memory::GuestMemoryMmap;
 use crate::threads::{self, ThreadCategory};
 use crate::virtio_plug::{self, PciContext, PlugError};
-use devices::pci::{BarAllocator, PciRoot};
 use devices::virtio::fs::link::LinkError;
 use devices::virtio::fs::{Backend, BackendError, Fs};
 pub use devices::virtio::fs::{FsConfig, FsError};
 use devices::virtio::{JoinWorker, WorkerSpawner};
-use kvm_ioctls::VmFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,15 +50,6 @@ impl WorkerSpawner for VhostUserThreads {
     }
 }
 
-/// Everything one `--fs` needs from the VM being built.
-pub struct FsContext<'a> {
-    pub vm: &'a VmFd,
-    pub routing: &'a Arc<GsiRouting>,
-    pub pci: &'a PciRoot,
-    pub allocator: &'a mut BarAllocator,
-    pub mem: &'a GuestMemoryMmap,
-}
-
 /// Refuses two shares with one tag: the guest could mount only one of them.
 pub fn check_tags(specs: &[FsSpec]) -> Result<(), FsAttachError> {
     for (i, spec) in specs.iter().enumerate() {
@@ -76,7 +63,7 @@ pub fn check_tags(specs: &[FsSpec]) -> Result<(), FsAttachError> {
 }
 
 /// Connects to the backend and plugs the device into the root bus.
-pub fn attach(ctx: &mut FsContext<'_>, spec: &FsSpec) -> Result<(), FsAttachError> {
+pub fn attach(pci: &mut PciContext<'_>, spec: &FsSpec) -> Result<(), FsAttachError> {
     let tag = || spec.config.tag.clone();
     let backend = Backend::connect(&spec.socket, spec.config.queues(), BACKEND_TIMEOUT)
         .map_err(|source| FsAttachError::Backend { tag: tag(), source })?;
@@ -87,14 +74,7 @@ pub fn attach(ctx: &mut FsContext<'_>, spec: &FsSpec) -> Result<(), FsAttachErro
     );
     let fs = Fs::new(spec.config.clone(), backend, Arc::new(VhostUserThreads))
         .map_err(|source| FsAttachError::Link { tag: tag(), source })?;
-    let mut pci = PciContext {
-        vm: ctx.vm,
-        routing: ctx.routing,
-        pci: ctx.pci,
-        allocator: ctx.allocator,
-        mem: ctx.mem,
-    };
-    virtio_plug::plug(&mut pci, Box::new(fs))
+    virtio_plug::plug(pci, Box::new(fs))
         .map_err(|source| FsAttachError::Plug { tag: tag(), source })?;
     Ok(())
 }

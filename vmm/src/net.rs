@@ -1,15 +1,11 @@
 //! Plugging a `--net` into the VM: its tap queues, the virtio-net device behind the virtio-pci
 //! transport on the root bus, one ioeventfd per queue and one MSI-X vector (GSI + irqfd) per queue.
 
-use crate::interrupts::GsiRouting;
-use crate::memory::GuestMemoryMmap;
 use crate::pinning::Placement;
 use crate::threads::{self, ThreadCategory};
 use crate::virtio_plug::{self, PciContext, PlugError};
-use devices::pci::{BarAllocator, PciRoot};
 use devices::virtio::net::{Net, NetConfig, NetError, Tap, TapError};
 use devices::virtio::{JoinWorker, WorkerSpawner};
-use kvm_ioctls::VmFd;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -131,13 +127,9 @@ fn default_mac(index: usize) -> [u8; 6] {
     ]
 }
 
-/// Everything one `--net` needs from the VM being built.
+/// What one `--net` needs beyond the bus: the vCPU count (the default pair count) and where
+/// the queue workers run.
 pub struct NetContext<'a> {
-    pub vm: &'a VmFd,
-    pub routing: &'a Arc<GsiRouting>,
-    pub pci: &'a PciRoot,
-    pub allocator: &'a mut BarAllocator,
-    pub mem: &'a GuestMemoryMmap,
     pub vcpus: usize,
     pub placement: &'a Arc<Placement>,
 }
@@ -193,7 +185,12 @@ pub fn tap_queues(spec: NetSpec, vcpus: usize) -> Result<Vec<Tap>, NetAttachErro
 }
 
 /// Opens (or adopts) the tap's queues and plugs device `net{index}` into the root bus.
-pub fn attach(ctx: &mut NetContext<'_>, index: usize, spec: NetSpec) -> Result<(), NetAttachError> {
+pub fn attach(
+    pci: &mut PciContext<'_>,
+    ctx: &NetContext<'_>,
+    index: usize,
+    spec: NetSpec,
+) -> Result<(), NetAttachError> {
     let label = spec.tap.to_string();
     let tap = || label.clone();
     let mac = spec.mac;
@@ -208,14 +205,7 @@ pub fn attach(ctx: &mut NetContext<'_>, index: usize, spec: NetSpec) -> Result<(
     };
     let net = Net::new(config, taps, Arc::new(workers))
         .map_err(|source| NetAttachError::Device { net: tap(), source })?;
-    let mut pci = PciContext {
-        vm: ctx.vm,
-        routing: ctx.routing,
-        pci: ctx.pci,
-        allocator: ctx.allocator,
-        mem: ctx.mem,
-    };
-    virtio_plug::plug(&mut pci, Box::new(net))
+    virtio_plug::plug(pci, Box::new(net))
         .map_err(|source| NetAttachError::Plug { net: tap(), source })?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Building and running a VM: Created -> Running -> Shutdown.
 
 use crate::arch::x86_64 as arch;
-use crate::fs::{self, FsAttachError, FsContext, FsSpec};
+use crate::fs::{self, FsAttachError, FsSpec};
 use crate::interrupts::GsiRouting;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryConfig, MemoryError};
@@ -10,6 +10,7 @@ use crate::pci_bars::KvmBarMapper;
 use crate::pinning::Placement;
 use crate::shutdown::{GracefulShutdown, PowerButton, StopReason};
 use crate::vcpu::{RunControl, Vcpu, VcpuFault, VcpuHandle};
+use crate::virtio_plug::PciContext;
 use devices::legacy;
 use devices::legacy::serial::{SerialConsole, SERIAL_PORT_SPAN};
 use devices::pci::{BarAllocator, MmioBarMapper, PciConfigIo, PciConfigMmio, PciRoot, Window};
@@ -382,27 +383,19 @@ fn add_pci_devices(
         },
     )?;
     let routing = GsiRouting::new(vm.clone());
-    let mut ctx = NetContext {
+    let mut bus = PciContext {
         vm,
         routing: &routing,
         pci,
         allocator: &mut allocator,
         mem,
-        vcpus,
-        placement,
     };
+    let net_ctx = NetContext { vcpus, placement };
     for (index, spec) in nets.into_iter().enumerate() {
-        net::attach(&mut ctx, index, spec)?;
+        net::attach(&mut bus, &net_ctx, index, spec)?;
     }
-    let mut ctx = FsContext {
-        vm,
-        routing: &routing,
-        pci,
-        allocator: &mut allocator,
-        mem,
-    };
     for spec in fses {
-        fs::attach(&mut ctx, spec)?;
+        fs::attach(&mut bus, spec)?;
     }
     Ok(())
 }
