@@ -21,9 +21,7 @@ use serde::Serialize;
 
 use crate::bench::probe::{self, OutputWatch};
 use crate::bench::stats::Summary;
-use crate::bench::vmms::{
-    guest_files, paddock_binary, parse_peer, require_guest_files, FsAttach, Guest, Vmm, VmmKind,
-};
+use crate::bench::vmms::{parse_peer, BootFiles, FsAttach, Guest, Vmm, VmmKind};
 use crate::testhost::mode::find_on_path;
 use crate::workspace::{self, TEST_UID};
 
@@ -57,15 +55,8 @@ pub struct FsArgs {
     pub cpus: u8,
     #[arg(long, default_value_t = 1024)]
     pub memory_mib: u64,
-    /// Kernel (default: vmlinuz of the default guest, from PADDOCK_GUEST_DIR or target/guest).
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// Initramfs (default: the default guest's initramfs.cpio.gz, which has the virtiofs module).
-    #[arg(long)]
-    pub initramfs: Option<PathBuf>,
-    /// The paddock binary (default: PADDOCK_BIN, else the workspace's build, else `paddock` on PATH).
-    #[arg(long)]
-    pub paddock: Option<PathBuf>,
+    #[command(flatten)]
+    pub boot: BootFiles,
     /// Seconds one boot may take, all phases included.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -463,9 +454,8 @@ pub fn run(args: FsArgs) -> Result<()> {
             args.files + FD_MARGIN
         );
     }
-    let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
-    require_guest_files(&kernel, &initramfs)?;
-    let paddock_path = paddock_binary(args.paddock.as_deref())?;
+    let (kernel, initramfs) = args.boot.guest()?;
+    let paddock_path = args.boot.paddock()?;
     let mut backends = args
         .backends
         .iter()

@@ -20,7 +20,7 @@ use vmm::memory::{self as guest_memory, hugetlbfs, parse_size, MemoryConfig};
 use super::boot::READY_MARKER;
 use super::probe::{self, OutputWatch};
 use super::stats::Summary;
-use super::vmms::{guest_files, paddock_binary, require_guest_files};
+use super::vmms::BootFiles;
 
 const KIB4: u64 = 4 << 10;
 const MIB2: u64 = 2 << 20;
@@ -51,15 +51,8 @@ pub struct MemoryArgs {
     /// Guest RAM of the booted guest, MiB (1G pages need a multiple of 1024).
     #[arg(long, default_value_t = 256)]
     boot_memory_mib: u64,
-    /// Kernel for the boots (default: the default guest's vmlinuz).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Initramfs for the boots (default: the default guest's initramfs.cpio.gz).
-    #[arg(long)]
-    initramfs: Option<PathBuf>,
-    /// The paddock binary (default: PADDOCK_BIN, else the workspace's build, else `paddock` on PATH).
-    #[arg(long)]
-    paddock: Option<PathBuf>,
+    #[command(flatten)]
+    boot: BootFiles,
     /// Seconds to wait for each ready marker.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -471,9 +464,8 @@ pub fn run(args: MemoryArgs) -> Result<()> {
     let boots = if args.no_boot {
         Vec::new()
     } else {
-        let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
-        require_guest_files(&kernel, &initramfs)?;
-        let paddock = paddock_binary(args.paddock.as_deref())?;
+        let (kernel, initramfs) = args.boot.guest()?;
+        let paddock = args.boot.paddock()?;
         let setup = BootSetup {
             paddock: &paddock,
             kernel: &kernel,

@@ -54,6 +54,41 @@ pub fn default_paddock() -> PathBuf {
     crate::testhost::mode::find_on_path("paddock").unwrap_or(built)
 }
 
+/// `--kernel`, `--initramfs` and `--paddock`: what every benchmark that boots the default guest
+/// under Paddock takes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BootFiles {
+    /// Kernel (default: vmlinuz of the default guest, from PADDOCK_GUEST_DIR or target/guest).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (default: the default guest's initramfs.cpio.gz, which has the modules and
+    /// tools the benchmarks use: virtiofs, iperf3, taskset).
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// The paddock binary (default: PADDOCK_BIN, else the workspace's build, else `paddock` on PATH).
+    #[arg(long)]
+    pub paddock: Option<PathBuf>,
+}
+
+impl BootFiles {
+    /// The kernel and initramfs, defaults filled in, not checked.
+    pub fn guest_unchecked(&self) -> (PathBuf, PathBuf) {
+        guest_files(self.kernel.as_deref(), self.initramfs.as_deref())
+    }
+
+    /// The kernel and initramfs, defaults filled in; fails, naming the fix, when one is missing.
+    pub fn guest(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (kernel, initramfs) = self.guest_unchecked();
+        require_guest_files(&kernel, &initramfs)?;
+        Ok((kernel, initramfs))
+    }
+
+    /// The paddock binary to measure (see [`paddock_binary`]).
+    pub fn paddock(&self) -> anyhow::Result<PathBuf> {
+        paddock_binary(self.paddock.as_deref())
+    }
+}
+
 /// The kernel and initramfs a benchmark boots: the ones given, else the default guest's.
 pub fn guest_files(kernel: Option<&Path>, initramfs: Option<&Path>) -> (PathBuf, PathBuf) {
     let dir = default_guest_dir();

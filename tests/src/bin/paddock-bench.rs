@@ -4,9 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use paddock_tests::bench::boot::{BootBench, VmmBootResult};
 use paddock_tests::bench::stats::Summary;
-use paddock_tests::bench::vmms::{
-    guest_files, paddock_binary, parse_peer, require_guest_files, Guest, Vmm, VmmKind,
-};
+use paddock_tests::bench::vmms::{parse_peer, BootFiles, Guest, Vmm, VmmKind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,20 +37,12 @@ struct BootArgs {
     /// Boots per VMM and per measurement.
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Kernel for the ready measurement (default: vmlinuz of the default guest, found in
-    /// PADDOCK_GUEST_DIR or else the workspace's target/guest).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Initramfs for the ready measurement (default: the default guest's initramfs.cpio.gz).
-    #[arg(long)]
-    initramfs: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     cpus: u8,
     #[arg(long, default_value_t = 256)]
     memory_mib: u64,
-    /// The paddock binary (default: PADDOCK_BIN, else the workspace's build, else `paddock` on PATH).
-    #[arg(long)]
-    paddock: Option<PathBuf>,
+    #[command(flatten)]
+    boot: BootFiles,
     /// A peer VMM: qemu=PATH (microvm machine), qemu-pc=PATH (pc machine), cloud-hypervisor=PATH
     /// or firecracker=PATH; repeatable.
     #[arg(long = "peer")]
@@ -144,11 +134,12 @@ fn boot(args: BootArgs) -> Result<()> {
     if args.no_ready && args.no_first_instruction {
         bail!("--no-ready with --no-first-instruction measures nothing: drop one");
     }
-    let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
-    if !args.no_ready {
-        require_guest_files(&kernel, &initramfs)?;
-    }
-    let paddock = paddock_binary(args.paddock.as_deref())?;
+    let (kernel, initramfs) = if args.no_ready {
+        args.boot.guest_unchecked()
+    } else {
+        args.boot.guest()?
+    };
+    let paddock = args.boot.paddock()?;
     let mut vmms = vec![Vmm {
         kind: VmmKind::Paddock,
         path: paddock,

@@ -13,9 +13,7 @@ use super::guest::{check_root, GuestBench};
 use super::netns::{create_tap, enter_private_netns};
 use super::worker::{run_once, Direction, Mode, Series, Timing, QUEUE_SIZE};
 use crate::bench::stats::Summary;
-use crate::bench::vmms::{
-    guest_files, paddock_binary, parse_peer, require_guest_files, Vmm, VmmKind,
-};
+use crate::bench::vmms::{parse_peer, BootFiles, Vmm, VmmKind};
 use crate::testhost::mode::find_on_path;
 
 #[derive(Subcommand)]
@@ -75,15 +73,8 @@ pub struct GuestArgs {
     pub cpus: u8,
     #[arg(long, default_value_t = 512)]
     pub memory_mib: u64,
-    /// Kernel (default: vmlinuz of the default guest, from PADDOCK_GUEST_DIR or target/guest).
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// Initramfs with iperf3 and taskset (default: the default guest's initramfs.cpio.gz).
-    #[arg(long)]
-    pub initramfs: Option<PathBuf>,
-    /// The paddock binary (default: PADDOCK_BIN, else the workspace's build, else `paddock` on PATH).
-    #[arg(long)]
-    pub paddock: Option<PathBuf>,
+    #[command(flatten)]
+    pub boot: BootFiles,
     /// A peer VMM: qemu=PATH (microvm with PCIe), qemu-pc=PATH (pc machine) or
     /// cloud-hypervisor=PATH; repeatable.
     #[arg(long = "peer")]
@@ -340,9 +331,8 @@ fn guest(args: GuestArgs) -> Result<()> {
     if args.cpus == 0 {
         bail!("--cpus 0: a guest needs at least 1 vCPU");
     }
-    let (kernel, initramfs) = guest_files(args.kernel.as_deref(), args.initramfs.as_deref());
-    require_guest_files(&kernel, &initramfs)?;
-    let paddock = paddock_binary(args.paddock.as_deref())?;
+    let (kernel, initramfs) = args.boot.guest()?;
+    let paddock = args.boot.paddock()?;
     let mut vmms = vec![Vmm {
         kind: VmmKind::Paddock,
         path: paddock,
