@@ -155,6 +155,10 @@ impl Vm {
                 path: cfg.kernel.clone(),
                 source,
             })?;
+        arch::kernel::identify(&mut kernel).map_err(|source| VmError::Boot {
+            path: cfg.kernel.clone(),
+            source: source.into(),
+        })?;
         let mut initramfs = match &cfg.initramfs {
             Some(path) => {
                 Some(

@@ -67,30 +67,63 @@ const ELFDATA2LSB: u8 = 1;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
 
-/// Loads the image in `file` into `mem`; it must end below `low_ram_end`.
-pub fn load(
-    mem: &GuestMemoryMmap,
-    file: &mut File,
-    low_ram_end: u64,
-) -> Result<LoadedKernel, KernelError> {
+/// The first bytes of an image: enough for an ELF header and a bzImage's setup header.
+fn read_head(file: &mut File) -> Result<Vec<u8>, KernelError> {
     let mut head = Vec::new();
     file.seek(SeekFrom::Start(0)).map_err(KernelError::Read)?;
     file.by_ref()
         .take((SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>()) as u64)
         .read_to_end(&mut head)
         .map_err(KernelError::Read)?;
+    Ok(head)
+}
 
+/// What kind of image `head` starts, refusing what Paddock cannot start.
+enum Image {
+    Elf,
+    BzImage(setup_header),
+}
+
+fn identify_head(head: &[u8]) -> Result<Image, KernelError> {
     if head.starts_with(ELF_MAGIC) {
-        load_elf(mem, file, &head, low_ram_end)
+        check_elf_ident(head)?;
+        Ok(Image::Elf)
     } else if head.get(HDRS_OFFSET..HDRS_OFFSET + 4) == Some(HDRS.as_slice())
         && head.len() == SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>()
     {
         let mut hdr = setup_header::default();
         hdr.as_mut_slice()
             .copy_from_slice(&head[SETUP_HEADER_OFFSET..]);
-        load_bzimage(mem, file, hdr, low_ram_end)
+        let (version, xloadflags) = (hdr.version, hdr.xloadflags);
+        if version < 0x020c || xloadflags & XLF_KERNEL_64 == 0 {
+            return Err(KernelError::No64BitEntry {
+                major: version >> 8,
+                minor: version & 0xff,
+                xloadflags,
+            });
+        }
+        Ok(Image::BzImage(hdr))
     } else {
         Err(KernelError::NotAKernel)
+    }
+}
+
+/// Checks that `file` is a kernel Paddock can start (a 64-bit bzImage or an x86_64 ELF), from
+/// its headers alone: the VM is created only after this, so a wrong file costs nothing.
+pub fn identify(file: &mut File) -> Result<(), KernelError> {
+    identify_head(&read_head(file)?).map(|_| ())
+}
+
+/// Loads the image in `file` into `mem`; it must end below `low_ram_end`.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    low_ram_end: u64,
+) -> Result<LoadedKernel, KernelError> {
+    let head = read_head(file)?;
+    match identify_head(&head)? {
+        Image::Elf => load_elf(mem, file, &head, low_ram_end),
+        Image::BzImage(hdr) => load_bzimage(mem, file, hdr, low_ram_end),
     }
 }
 
@@ -100,14 +133,6 @@ fn load_bzimage(
     hdr: setup_header,
     low_ram_end: u64,
 ) -> Result<LoadedKernel, KernelError> {
-    let (version, xloadflags) = (hdr.version, hdr.xloadflags);
-    if version < 0x020c || xloadflags & XLF_KERNEL_64 == 0 {
-        return Err(KernelError::No64BitEntry {
-            major: version >> 8,
-            minor: version & 0xff,
-            xloadflags,
-        });
-    }
     let file_len = file.metadata().map_err(KernelError::Read)?.len();
     let setup_sects = if hdr.setup_sects == 0 {
         4
@@ -141,12 +166,8 @@ fn load_bzimage(
     })
 }
 
-fn load_elf(
-    mem: &GuestMemoryMmap,
-    file: &mut File,
-    head: &[u8],
-    low_ram_end: u64,
-) -> Result<LoadedKernel, KernelError> {
+/// Refuses an ELF file that is not 64-bit little-endian x86_64.
+fn check_elf_ident(head: &[u8]) -> Result<(), KernelError> {
     let field = |at: usize, len: usize| head.get(at..at + len).ok_or(KernelError::NotAKernel);
     let class = field(4, 1)?[0];
     let data = field(5, 1)?[0];
@@ -158,6 +179,15 @@ fn load_elf(
             what: format!("machine {machine} ({bits}-bit, {endian}-endian)"),
         });
     }
+    Ok(())
+}
+
+fn load_elf(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    head: &[u8],
+    low_ram_end: u64,
+) -> Result<LoadedKernel, KernelError> {
     let image_end = elf_load_end(file, head)?;
     if image_end > low_ram_end {
         return Err(KernelError::DoesNotFit {

@@ -277,6 +277,24 @@ fn rejects_what_is_not_an_x86_64_kernel() {
     assert!(err.to_string().contains("32-bit"), "{err}");
 }
 
+/// The check `Vm::create` makes before it creates anything: the same verdicts as loading.
+#[test]
+fn identify_tells_kernels_from_other_files_without_guest_memory() {
+    use super::kernel::identify;
+    identify(&mut temp_file(&bzimage(&[0; 512], 4 * MIB as u32))).expect("bzImage");
+    identify(&mut temp_file(&vmlinux(&[0xf4], None))).expect("vmlinux");
+    let err = identify(&mut temp_file(b"root:x:0:0:root:/root:/bin/bash\n")).expect_err("text");
+    assert!(matches!(err, KernelError::NotAKernel), "{err}");
+    let mut arm = vmlinux(&[0; 16], None);
+    arm[0x12] = 183; // EM_AARCH64
+    let err = identify(&mut temp_file(&arm)).expect_err("aarch64");
+    assert!(err.to_string().contains("not x86_64"), "{err}");
+    let mut old = bzimage(&[0; 512], 4 * MIB as u32);
+    old[0x1f1 + std::mem::offset_of!(setup_header, xloadflags)] = 0;
+    let err = identify(&mut temp_file(&old)).expect_err("no 64-bit entry");
+    assert!(matches!(err, KernelError::No64BitEntry { .. }), "{err}");
+}
+
 #[test]
 fn reports_what_does_not_fit() {
     let mem = guest_mem(32 * MIB);
