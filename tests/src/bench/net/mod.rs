@@ -7,5 +7,6 @@ pub mod cpus;
 pub mod frames;
 pub mod guest;
 pub mod netns;
+pub mod rig;
 pub mod ring;
 pub mod worker;

@@ -22,21 +22,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devices::interrupt::{InterruptError, VectorInterrupts};
-use devices::virtio::net::device::{F_CTRL_VQ, F_MQ};
 use devices::virtio::net::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
-use devices::virtio::net::{Net, NetConfig, Tap, VNET_HDR_LEN};
-use devices::virtio::{
-    feature, Activation, QueueActivation, SharedStatus, StdThreads, VirtioDevice, VirtioInterrupt,
-};
+use devices::virtio::net::{Tap, VNET_HDR_LEN};
 use serde::Serialize;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::cpus::{pin, CpuSplit, Side, ThreadCpu};
 use super::frames::{is_test_frame, tcp_frame, vnet_header, MAX_FRAME};
 use super::netns::{link_counters, LinkCounters, PacketInjector};
-use super::ring::{DriverRing, DESC_F_NEXT, DESC_F_WRITE};
+use super::rig::{self, Rig, RigSpec};
+use super::ring::{DESC_F_NEXT, DESC_F_WRITE};
 use crate::bench::stats::Summary;
 
 /// The benchmark device's name; its worker thread is `{RIG_NAME}-qp0`.
@@ -72,6 +67,8 @@ pub enum WorkerBenchError {
     Netns(#[from] super::netns::NetnsError),
     #[error(transparent)]
     Ring(#[from] super::ring::RingError),
+    #[error(transparent)]
+    Rig(#[from] super::rig::RigError),
     #[error("guest memory: {0}")]
     Memory(String),
     #[error("virtio-net device: {0}")]
@@ -186,27 +183,8 @@ impl Window {
     }
 }
 
-/// Interrupt vectors as eventfds, the way a KVM irqfd receives them.
-struct EventFdVectors(Vec<EventFd>);
-
-impl VectorInterrupts for EventFdVectors {
-    fn trigger(&self, vector: u16) -> Result<(), InterruptError> {
-        let event = self
-            .0
-            .get(usize::from(vector))
-            .ok_or(InterruptError::NoSuchVector {
-                vector,
-                count: self.0.len() as u16,
-            })?;
-        event
-            .write(1)
-            .map_err(|source| InterruptError::Signal { vector, source })
-    }
-}
-
 fn memory() -> Result<GuestMemoryMmap, WorkerBenchError> {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
-        .map_err(|e| WorkerBenchError::Memory(e.to_string()))
+    Ok(rig::memory(MEM_SIZE)?)
 }
 
 /// Where TX frame `slot` lives: its 12-byte header followed by the frame, split into page-sized
@@ -268,81 +246,21 @@ impl Drop for Unpin<'_> {
     }
 }
 
-/// A Net device over one queue of `tap`, activated with an RX and a TX ring driven by this
-/// thread and the features a Linux guest acks (all offered, less the control queue).
-struct Rig {
-    /// Owns the worker thread: dropping it stops and joins the worker.
-    _net: Net,
-    mem: GuestMemoryMmap,
-    rx: DriverRing,
-    tx: DriverRing,
-    interrupt: VirtioInterrupt,
-}
+/// The benchmark's device: the rings at the start of memory, every feature a Linux guest acks.
+const RIG: RigSpec = RigSpec {
+    name: RIG_NAME,
+    mem_size: MEM_SIZE,
+    queue_size: QUEUE_SIZE,
+    rx_ring: RX_RING,
+    tx_ring: TX_RING,
+    refused: 0,
+};
 
-impl Rig {
-    fn new(tap: &str) -> Result<Self, WorkerBenchError> {
-        let dev = |e: String| WorkerBenchError::Device(e);
-        let mem = memory()?;
-        let mut net = Net::new(
-            NetConfig {
-                mac: [0x02, 0, 0, 0, 0, 0x01],
-                queue_size: QUEUE_SIZE,
-                name: RIG_NAME.into(),
-            },
-            Tap::open_queues(tap, 1).map_err(|e| dev(e.to_string()))?,
-            Arc::new(StdThreads),
-        )
-        .map_err(|e| dev(e.to_string()))?;
-        let acked = net.features() & !(feature(F_CTRL_VQ) | feature(F_MQ));
-        let mut vectors = Vec::new();
-        let mut queues = Vec::new();
-        let mut rings = Vec::new();
-        for (vector, base) in [RX_RING, TX_RING].into_iter().enumerate() {
-            let kick = EventFd::new(EFD_NONBLOCK)?;
-            let irq = EventFd::new(EFD_NONBLOCK)?;
-            let ring = DriverRing::new(
-                &mem,
-                GuestAddress(base),
-                QUEUE_SIZE,
-                kick.try_clone()?,
-                irq.try_clone()?,
-            )?;
-            queues.push(QueueActivation {
-                queue: ring.device_queue()?,
-                notify: kick,
-                vector: vector as u16,
-            });
-            vectors.push(irq);
-            rings.push(ring);
-        }
-        let interrupt = VirtioInterrupt::new(
-            Arc::new(EventFdVectors(vectors)),
-            Arc::new(SharedStatus::default()),
-        );
-        net.activate(Activation {
-            mem: mem.clone(),
-            queues,
-            interrupt: interrupt.clone(),
-            acked_features: acked,
-        })
-        .map_err(|e| dev(e.to_string()))?;
-        let tx = rings.pop().expect("two rings");
-        let rx = rings.pop().expect("two rings");
-        Ok(Self {
-            _net: net,
-            mem,
-            rx,
-            tx,
-            interrupt,
-        })
+fn check_healthy(rig: &Rig, what: &str) -> Result<(), WorkerBenchError> {
+    if rig.broken() {
+        return Err(WorkerBenchError::DeviceBroken(what.to_string()));
     }
-
-    fn check_healthy(&self, what: &str) -> Result<(), WorkerBenchError> {
-        if self.interrupt.needs_reset() {
-            return Err(WorkerBenchError::DeviceBroken(what.to_string()));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 fn tx_worker(
@@ -354,7 +272,7 @@ fn tx_worker(
     let what = format!("tx worker {frame_len} B");
     // The worker thread starts with the CPUs of the thread that activates the device.
     pin(split, Side::Measured)?;
-    let mut rig = Rig::new(tap)?;
+    let mut rig = Rig::new(tap, &RIG)?;
     pin(split, Side::Others)?;
     fill_tx_frames(&rig.mem, frame_len)?;
     let slots = tx_slots(frame_len);
@@ -392,7 +310,7 @@ fn tx_worker(
             last_progress = Instant::now();
         } else {
             if last_progress.elapsed() > STALL {
-                rig.check_healthy(&what)?;
+                check_healthy(&rig, &what)?;
                 return Err(WorkerBenchError::Stalled { what, done: 0 });
             }
             // Like Linux's virtio-net when its TX ring is full: a delayed interrupt, once three
@@ -402,7 +320,7 @@ fn tx_worker(
         }
     }
     let after = (Instant::now(), link_counters(tap)?, cpu.ns()?);
-    rig.check_healthy(&what)?;
+    check_healthy(&rig, &what)?;
     drop(rig);
     let (t0, c0, cpu0) = before.unwrap_or(after);
     let seconds = after.0.duration_since(t0).as_secs_f64();
@@ -615,7 +533,7 @@ impl RxReader {
                 last_progress = Instant::now();
             } else if last_progress.elapsed() > STALL {
                 if let RxReader::Worker(w) = self {
-                    w.rig.check_healthy(what)?;
+                    check_healthy(&w.rig, what)?;
                 }
                 return Err(WorkerBenchError::Stalled {
                     what: what.to_string(),
@@ -626,7 +544,7 @@ impl RxReader {
         let (t1, c1, cpu1) = (Instant::now(), link_counters(tap)?, cpu.ns()?);
         let (t0, f0, c0, cpu0) = before.unwrap_or((t1, frames, c1, cpu1));
         if let RxReader::Worker(w) = self {
-            w.rig.check_healthy(what)?;
+            check_healthy(&w.rig, what)?;
         }
         Ok(Sample::new(
             frames - f0,
@@ -649,7 +567,7 @@ struct RxWorker {
 
 impl RxWorker {
     fn new(tap: &str) -> Result<Self, WorkerBenchError> {
-        let mut rig = Rig::new(tap)?;
+        let mut rig = Rig::new(tap, &RIG)?;
         let heads: Vec<u16> = (0..QUEUE_SIZE).collect();
         for &h in &heads {
             rig.rx
