@@ -2,6 +2,7 @@
 //! with kvm-amd under QEMU TCG) for real Linux guests, and helpers shared by `paddock-bench`.
 
 pub mod bench;
+pub mod net_integrity;
 pub mod testhost;
 pub mod tinyguest;
 pub mod virtiofs;

@@ -15,7 +15,7 @@ pub enum NetnsError {
     Unshare(io::Error),
     #[error("`ip {args}` failed: {why}")]
     Ip { args: String, why: String },
-    #[error("cannot read the counters of {name} from /proc/net/dev: {why}")]
+    #[error("cannot read the counters of {name} from /proc/thread-self/net/dev: {why}")]
     Counters { name: String, why: String },
     #[error("packet socket on {name}: {what} failed: {source}")]
     Socket {
@@ -76,14 +76,16 @@ pub struct LinkCounters {
     pub tx_dropped: u64,
 }
 
-/// Reads `name`'s counters from /proc/net/dev (per namespace, unlike /sys/class/net, which shows
-/// the namespace sysfs was mounted in).
+/// Reads `name`'s counters from this thread's /proc/net/dev: per namespace, unlike
+/// /sys/class/net (which shows the namespace sysfs was mounted in), and per thread, unlike
+/// /proc/net (the main thread's namespace), as a test thread may have a namespace of its own.
 pub fn link_counters(name: &str) -> Result<LinkCounters, NetnsError> {
     let err = |why: String| NetnsError::Counters {
         name: name.to_string(),
         why,
     };
-    let text = std::fs::read_to_string("/proc/net/dev").map_err(|e| err(e.to_string()))?;
+    let text =
+        std::fs::read_to_string("/proc/thread-self/net/dev").map_err(|e| err(e.to_string()))?;
     let line = text
         .lines()
         .find_map(|l| {
@@ -210,5 +212,162 @@ impl PacketInjector {
             return Err(io::Error::last_os_error());
         }
         Ok(ret as usize)
+    }
+}
+
+/// Sets an int socket option.
+fn set_int_opt(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: an int option, passed with its size.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A frame a [`PacketReceiver`] took from the tap.
+pub struct Received {
+    /// The `virtio_net_hdr` (10 bytes) the kernel wrote for it.
+    pub header: [u8; 10],
+    pub frame: Vec<u8>,
+    /// Whether it was longer than the receive buffer (and cut).
+    pub truncated: bool,
+}
+
+/// An AF_PACKET socket bound to the tap that receives every frame the tap hands the namespace's
+/// stack (what a writer of the tap's queue wrote), GSO frames whole with their virtio-net header.
+pub struct PacketReceiver {
+    fd: OwnedFd,
+    buffer: Vec<u8>,
+}
+
+/// Largest frame a tap takes from its writer in one piece, plus room to see a longer one.
+const RECEIVE_MAX: usize = 10 + 65550 + 64;
+
+impl PacketReceiver {
+    /// `rcvbuf`: the socket's receive buffer in bytes (set past the system limit, as root).
+    pub fn open(name: &str, rcvbuf: usize) -> Result<Self, NetnsError> {
+        let err = |what: &'static str, source: io::Error| NetnsError::Socket {
+            name: name.to_string(),
+            what,
+            source,
+        };
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket creation; the result is checked.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::c_int::from(all),
+            )
+        };
+        if raw < 0 {
+            return Err(err("socket", io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a new descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        set_int_opt(&fd, SOL_PACKET, PACKET_VNET_HDR, 1).map_err(|e| err("PACKET_VNET_HDR", e))?;
+        let rcvbuf = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+        set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcvbuf)
+            .map_err(|e| err("SO_RCVBUFFORCE", e))?;
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| err("interface name", io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: reads a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(err("if_nametoindex", io::Error::last_os_error()));
+        }
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: binds to a sockaddr_ll passed with its size.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if ret < 0 {
+            return Err(err("bind", io::Error::last_os_error()));
+        }
+        Ok(Self {
+            fd,
+            buffer: vec![0; RECEIVE_MAX],
+        })
+    }
+
+    /// The next frame the tap received from its writer, if one is queued. Frames the stack sent
+    /// out of the tap are skipped.
+    pub fn try_recv(&mut self) -> io::Result<Option<Received>> {
+        loop {
+            // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: the buffer and the address are valid for their lengths; recvfrom writes
+            // only into them.
+            let ret = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    self.buffer.as_mut_ptr().cast(),
+                    self.buffer.len(),
+                    libc::MSG_TRUNC,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
+                )
+            };
+            if ret < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(None),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let len = ret as usize;
+            let kept = len.min(self.buffer.len());
+            if kept < 10 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a {len}-byte packet has no virtio-net header"),
+                ));
+            }
+            let mut header = [0u8; 10];
+            header.copy_from_slice(&self.buffer[..10]);
+            return Ok(Some(Received {
+                header,
+                frame: self.buffer[10..kept].to_vec(),
+                truncated: len > kept,
+            }));
+        }
+    }
+
+    /// Waits up to `timeout` for a frame to be queued.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; poll writes only `revents`.
+        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(1000) as libc::c_int) };
     }
 }

@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 /// Descriptor flags (virtio 1.2, 2.7.5).
 pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
+pub const DESC_F_INDIRECT: u16 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -46,6 +47,16 @@ pub fn ring_bytes(size: u16) -> u64 {
 /// `event` index.
 fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// A split-ring descriptor as it sits in guest memory (little endian).
+pub fn encode_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+    d
 }
 
 pub struct DriverRing {
@@ -156,12 +167,18 @@ impl DriverRing {
         flags: u16,
         next: u16,
     ) -> Result<(), RingError> {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
+        let d = encode_desc(addr, len, flags, next);
         self.write(self.desc.unchecked_add(16 * u64::from(index)), &d)
+    }
+
+    /// Writes `descs` as an indirect descriptor table at `table` (each entry's `next` is an
+    /// index into the table itself).
+    pub fn set_indirect_table(&self, table: u64, descs: &[[u8; 16]]) -> Result<(), RingError> {
+        self.write(GuestAddress(table), &descs.concat())
+    }
+
+    pub fn size(&self) -> u16 {
+        self.size
     }
 
     /// Puts the chains starting at `heads` in the available ring, makes them visible, and kicks
