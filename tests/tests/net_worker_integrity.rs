@@ -1,7 +1,8 @@
 //! The virtio-net worker moves frames intact: Paddock's real device and worker on a tap in a
 //! private network namespace (root; no guest, no test host), driven by a synthetic driver in
 //! guest memory filled with a known pattern. RX with mergeable buffers and in big-packet mode,
-//! TX with malformed chains among good ones, each with and without indirect descriptors.
+//! TX with malformed chains among good ones, each with and without indirect descriptors, and
+//! both directions at once on one worker.
 //! Every frame must arrive once, in order, byte for byte, with the right num_buffers and used
 //! lengths; every head must come back once; no byte the device may not write may change.
 //! See tests/src/net_integrity for what is checked and how.
@@ -10,7 +11,7 @@
 //! them to explore others.
 
 use paddock_tests::bench::net::netns::{create_tap, enter_private_netns};
-use paddock_tests::net_integrity::{rx, tx};
+use paddock_tests::net_integrity::{both, rx, tx};
 
 const TAP: &str = "pdk-integ0";
 
@@ -100,4 +101,29 @@ fn tx_varied_chains_with_malformed_ones() {
 #[test]
 fn tx_varied_chains_indirect() {
     tx_case(true, 3000, 6);
+}
+
+#[test]
+fn rx_and_tx_at_once_on_one_worker() {
+    if !netns() {
+        return;
+    }
+    let rx_case = rx::RxCase {
+        mergeable: true,
+        indirect: true,
+        frames: 3000,
+        seed: seed(7),
+    };
+    let tx_case = tx::TxCase {
+        indirect: true,
+        frames: 3000,
+        malformed_percent: 6,
+        seed: seed(8),
+    };
+    match both::run(TAP, &rx_case, &tx_case) {
+        Ok((rx_report, tx_report)) => {
+            eprintln!("{rx_case:?}: {rx_report:?}\n{tx_case:?}: {tx_report:?}")
+        }
+        Err(e) => panic!("{rx_case:?} with {tx_case:?}: {e}"),
+    }
 }

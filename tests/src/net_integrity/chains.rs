@@ -110,11 +110,14 @@ pub struct ChainPoster {
     ready: Vec<u16>,
     /// Heads out at the device now.
     pub outstanding: usize,
+    /// Slot `s` uses indirect table `first_table + s`.
+    first_table: usize,
 }
 
 impl ChainPoster {
-    pub fn new(size: u16) -> Self {
+    pub fn new(size: u16, first_table: usize) -> Self {
         Self {
+            first_table,
             free: (0..size).rev().collect(),
             out: (0..size).map(|_| None).collect(),
             ready: Vec::new(),
@@ -152,10 +155,11 @@ impl ChainPoster {
                     encode_desc(b.addr, b.len, flags, next)
                 })
                 .collect();
-            ring.set_indirect_table(table_of(slot), &table)?;
+            let table_addr = table_of(self.first_table + slot);
+            ring.set_indirect_table(table_addr, &table)?;
             ring.set_desc(
                 head,
-                table_of(slot),
+                table_addr,
                 (16 * buffers.len()) as u32,
                 DESC_F_INDIRECT,
                 0,

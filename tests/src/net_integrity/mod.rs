@@ -4,6 +4,7 @@
 //! sequence-numbered frames on the tap side. Every frame must arrive once, in order, byte for
 //! byte; every head must come back once; no byte outside what the device may write may change.
 
+pub mod both;
 pub mod chains;
 pub mod memory;
 pub mod rx;

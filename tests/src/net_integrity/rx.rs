@@ -4,11 +4,12 @@
 //! used entries, and checks every frame: num_buffers, used lengths, header and bytes, order.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use devices::virtio::net::device::F_MRG_RXBUF;
 use devices::virtio::net::VNET_HDR_LEN;
-use devices::virtio::{feature, F_RING_INDIRECT_DESC};
+use devices::virtio::{feature, VirtioInterrupt, F_RING_INDIRECT_DESC};
 use vm_memory::GuestMemoryMmap;
 
 use super::chains::{locate, Buffer, ChainPoster, Slot};
@@ -20,7 +21,7 @@ use super::{
 use crate::bench::net::frames::vnet_header;
 use crate::bench::net::netns::{link_counters, PacketInjector};
 use crate::bench::net::rig::Rig;
-use crate::bench::net::ring::DESC_F_WRITE;
+use crate::bench::net::ring::{DriverRing, DESC_F_WRITE};
 
 /// Frames injected and not yet seen by the driver: fewer than the tap queue's 500, so the tap
 /// never drops one.
@@ -58,11 +59,15 @@ pub struct RxReport {
 /// buffer shorter than the header) with mergeable buffers; chains big enough for any frame,
 /// of 1500..9000-byte buffers (sometimes with the header alone first, as Linux's big-packet
 /// mode posts them) without. Every buffer starts at a random, mostly odd, address after a gap.
-fn lay_out(rng: &mut Rng, mergeable: bool) -> Vec<Slot> {
+fn lay_out(
+    rng: &mut Rng,
+    mergeable: bool,
+    region: &Range<u64>,
+) -> Result<Vec<Slot>, IntegrityError> {
     let count = if mergeable { 400 } else { 40 };
-    let mut cursor = DATA;
+    let mut cursor = region.start;
     let mut slots = Vec::with_capacity(count);
-    for _ in 0..count.min(MAX_SLOTS) {
+    for _ in 0..count {
         let mut lens = Vec::new();
         if mergeable {
             let n = match rng.range(0, 99) {
@@ -101,8 +106,13 @@ fn lay_out(rng: &mut Rng, mergeable: bool) -> Vec<Slot> {
             .collect();
         slots.push(Slot::new(buffers));
     }
-    assert!(cursor < MEM_SIZE as u64, "RX slots overrun guest memory");
-    slots
+    if cursor > region.end {
+        return Err(violation(format!(
+            "the RX slots need {:#x}..{cursor:#x}, more than {region:x?}",
+            region.start
+        )));
+    }
+    Ok(slots)
 }
 
 /// A used entry not yet part of a checked frame.
@@ -112,10 +122,12 @@ struct Used {
     slot: usize,
 }
 
-struct Driver {
+/// The RX side of the driver: its buffers, its bookkeeping and its checks. It drives the ring
+/// it is handed, so a TX driver can run the other ring of the same device in another thread.
+pub struct RxDriver {
     case: RxCase,
     rng: Rng,
-    rig: Rig,
+    interrupt: VirtioInterrupt,
     mem: GuestMemoryMmap,
     shadow: Shadow,
     slots: Vec<Slot>,
@@ -126,11 +138,13 @@ struct Driver {
     sent: VecDeque<(u32, usize)>,
     pending: VecDeque<Used>,
     report: RxReport,
+    injected: usize,
+    dropped_before: u64,
 }
 
-impl Driver {
+impl RxDriver {
     /// Posts up to `want` free slots, each at a random place in the free list.
-    fn post(&mut self, want: usize) -> Result<(), IntegrityError> {
+    fn post(&mut self, ring: &mut DriverRing, want: usize) -> Result<(), IntegrityError> {
         for _ in 0..want {
             if self.free_slots.is_empty() {
                 break;
@@ -139,12 +153,12 @@ impl Driver {
             let slot = self.free_slots.swap_remove(pick);
             let indirect = self.indirect && self.rng.chance(50);
             let buffers = &self.slots[slot].buffers;
-            if !self.poster.add(&self.rig.rx, slot, buffers, indirect)? {
+            if !self.poster.add(ring, slot, buffers, indirect)? {
                 self.free_slots.push(slot);
                 break;
             }
         }
-        self.poster.publish(&mut self.rig.rx)?;
+        self.poster.publish(ring)?;
         Ok(())
     }
 
@@ -277,24 +291,197 @@ impl Driver {
         Ok(())
     }
 
-    fn state(&self, injected: usize) -> String {
+    fn state(&self) -> String {
         format!(
-            "{} of {} frames received, {injected} injected, next expected {:?}; {} used entries \
+            "{} of {} frames received, {} injected, next expected {:?}; {} used entries \
              waiting for the rest of their frame; {} chains out at the device, {} free slots; \
              device broken: {}",
             self.report.frames,
             self.case.frames,
+            self.injected,
             self.sent.front(),
             self.pending.len(),
             self.poster.outstanding,
             self.free_slots.len(),
-            self.rig.broken()
+            self.interrupt.needs_reset()
         )
+    }
+
+    /// Lays out the buffers in `region` of the rig's memory (filled with the pattern) and posts
+    /// none yet; `first_table`: the first slot number whose indirect table it may use.
+    pub fn new(
+        case: &RxCase,
+        rig: &Rig,
+        region: Range<u64>,
+        first_table: usize,
+        tap: &str,
+    ) -> Result<Self, IntegrityError> {
+        let indirect = rig.acked & feature(F_RING_INDIRECT_DESC) != 0;
+        if case.indirect && !indirect {
+            return Err(violation(
+                "the device does not offer VIRTIO_RING_F_INDIRECT_DESC".to_string(),
+            ));
+        }
+        let mem = rig.mem.clone();
+        let shadow = Shadow::new(&mem, region.start, region.end)?;
+        let mut rng = Rng::new(case.seed);
+        let slots = lay_out(&mut rng, case.mergeable, &region)?;
+        if first_table + slots.len() > MAX_SLOTS {
+            return Err(violation(format!(
+                "{} RX slots from table {first_table} exceed the {MAX_SLOTS} indirect tables",
+                slots.len()
+            )));
+        }
+        Ok(Self {
+            case: *case,
+            rng,
+            interrupt: rig.interrupt.clone(),
+            free_slots: (0..slots.len()).collect(),
+            slots,
+            mem,
+            shadow,
+            poster: ChainPoster::new(QUEUE_SIZE, first_table),
+            indirect,
+            sent: VecDeque::new(),
+            pending: VecDeque::new(),
+            report: RxReport::default(),
+            injected: 0,
+            dropped_before: link_counters(tap)?.tx_dropped,
+        })
+    }
+
+    /// Injects every frame of the case into `tap` and receives it through `ring`, then checks
+    /// the device uses nothing more once the tap is quiet.
+    pub fn drive(&mut self, ring: &mut DriverRing, tap: &str) -> Result<(), IntegrityError> {
+        let injector = PacketInjector::open(tap)?;
+        let start = Instant::now();
+        let mut starve = 0usize;
+        let mut used = Vec::new();
+        let mut last_progress = Instant::now();
+        let frames = self.case.frames;
+        self.post(ring, 8)?;
+        while self.report.frames < frames {
+            // Inject a few frames, within the window.
+            if self.injected < frames && self.rng.chance(40) {
+                let room = WINDOW.saturating_sub(self.sent.len());
+                let n = self.rng.range(1, 24).min(room).min(frames - self.injected);
+                for _ in 0..n {
+                    let seq = self.injected as u32;
+                    let len = random_frame_len(&mut self.rng);
+                    let bytes = frame(seq, len);
+                    match injector.send(&vnet_header(len, false), &bytes, 1) {
+                        Ok(1) => {
+                            self.sent.push_back((seq, len));
+                            self.injected += 1;
+                        }
+                        Ok(_) => break,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(source) => return Err(IntegrityError::Inject { seq, source }),
+                    }
+                }
+            }
+            // Repost: not at all for a while, a few chains, or everything free.
+            if starve > 0 {
+                starve -= 1;
+            } else {
+                match self.rng.range(0, 99) {
+                    0..=3 => {
+                        starve = self.rng.range(5, 60);
+                        self.report.starve_phases += 1;
+                    }
+                    4..=39 => {}
+                    40..=79 => {
+                        let n = self.rng.range(1, 4);
+                        self.post(ring, n)?;
+                    }
+                    _ => self.post(ring, usize::MAX)?,
+                }
+            }
+            used.clear();
+            ring.take_used(&mut used)?;
+            for &(head, len) in &used {
+                let slot = self.poster.used(head)?;
+                self.pending.push_back(Used { head, len, slot });
+            }
+            while self.take_frame()? {}
+            if used.is_empty() {
+                if last_progress.elapsed() > STALL {
+                    return Err(IntegrityError::Stalled {
+                        secs: STALL.as_secs(),
+                        state: self.state(),
+                    });
+                }
+                if self.rng.chance(50) {
+                    ring.wait_used(1, Duration::from_millis(1))?;
+                }
+            } else {
+                last_progress = Instant::now();
+            }
+            if self.rng.chance(5) {
+                std::thread::sleep(Duration::from_micros(self.rng.range(10, 300) as u64));
+            }
+        }
+        self.report.seconds = start.elapsed().as_secs_f64();
+        // The tap is quiet now: the worker may not use anything more.
+        std::thread::sleep(Duration::from_millis(100));
+        used.clear();
+        if ring.take_used(&mut used)? > 0 || !self.pending.is_empty() {
+            return Err(violation(format!(
+                "after the last frame the device used {:?} more (head, len), {} entries were \
+                 left over",
+                used,
+                self.pending.len()
+            )));
+        }
+        if self.interrupt.needs_reset() {
+            return Err(IntegrityError::DeviceBroken(self.state()));
+        }
+        let dropped = link_counters(tap)?.tx_dropped - self.dropped_before;
+        if dropped > 0 {
+            return Err(violation(format!(
+                "the tap dropped {dropped} frames though the injector kept at most {WINDOW} queued"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Once the worker stopped: nothing changed outside what the device used, the buffers it
+    /// still held included.
+    pub fn finish(mut self, ring: &DriverRing) -> Result<RxReport, IntegrityError> {
+        self.report.kicks = ring.kicks;
+        self.report.interrupts = ring.interrupts;
+        if let Some(c) = self.shadow.changed_anywhere(&self.mem)? {
+            let poster = &self.poster;
+            let place = locate(&self.slots, c.addr, |s| {
+                if poster.holds(s) {
+                    "posted and not used"
+                } else {
+                    "free (restored after its frame)"
+                }
+            });
+            return Err(violation(format!(
+                "guest memory at {:#x} is {:#04x}, the driver left {:#04x} there ({} bytes \
+                 changed in all): {place}",
+                c.addr, c.got, c.expected, c.count
+            )));
+        }
+        Ok(self.report)
     }
 }
 
-/// Runs the case on the tap `tap` (in this thread's private namespace, no other reader).
+/// Runs the case alone on the tap `tap` (in this thread's private namespace, no other reader),
+/// checking the whole of guest memory past the rings.
 pub fn run(tap: &str, case: &RxCase) -> Result<RxReport, IntegrityError> {
+    let mut rig = Rig::new(tap, &rig_spec("integrity-rx", refused(case)))?;
+    let mut driver = RxDriver::new(case, &rig, DATA..MEM_SIZE as u64, 0, tap)?;
+    driver.drive(&mut rig.rx, tap)?;
+    rig.stop();
+    driver.finish(&rig.rx)
+}
+
+/// Features the driver of `case` does not ack.
+pub fn refused(case: &RxCase) -> u64 {
     let mut refused = 0;
     if !case.mergeable {
         refused |= feature(F_MRG_RXBUF);
@@ -302,141 +489,5 @@ pub fn run(tap: &str, case: &RxCase) -> Result<RxReport, IntegrityError> {
     if !case.indirect {
         refused |= feature(F_RING_INDIRECT_DESC);
     }
-    let rig = Rig::new(tap, &rig_spec("integrity-rx", refused))?;
-    let indirect = rig.acked & feature(F_RING_INDIRECT_DESC) != 0;
-    if case.indirect && !indirect {
-        return Err(violation(
-            "the device does not offer VIRTIO_RING_F_INDIRECT_DESC".to_string(),
-        ));
-    }
-    let mem = rig.mem.clone();
-    let shadow = Shadow::new(&mem, DATA, MEM_SIZE as u64)?;
-    let mut rng = Rng::new(case.seed);
-    let slots = lay_out(&mut rng, case.mergeable);
-    let injector = PacketInjector::open(tap)?;
-    let counters_before = link_counters(tap)?;
-    let mut d = Driver {
-        case: *case,
-        rng,
-        free_slots: (0..slots.len()).collect(),
-        slots,
-        rig,
-        mem,
-        shadow,
-        poster: ChainPoster::new(QUEUE_SIZE),
-        indirect,
-        sent: VecDeque::new(),
-        pending: VecDeque::new(),
-        report: RxReport::default(),
-    };
-    let start = Instant::now();
-    let mut injected = 0usize;
-    let mut starve = 0usize;
-    let mut used = Vec::new();
-    let mut last_progress = Instant::now();
-    d.post(8)?;
-    while d.report.frames < case.frames {
-        // Inject a few frames, within the window.
-        if injected < case.frames && d.rng.chance(40) {
-            let room = WINDOW.saturating_sub(d.sent.len());
-            let n = d.rng.range(1, 24).min(room).min(case.frames - injected);
-            for _ in 0..n {
-                let seq = injected as u32;
-                let len = random_frame_len(&mut d.rng);
-                let bytes = frame(seq, len);
-                match injector.send(&vnet_header(len, false), &bytes, 1) {
-                    Ok(1) => {
-                        d.sent.push_back((seq, len));
-                        injected += 1;
-                    }
-                    Ok(_) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(source) => return Err(IntegrityError::Inject { seq, source }),
-                }
-            }
-        }
-        // Repost: not at all for a while, a few chains, or everything free.
-        if starve > 0 {
-            starve -= 1;
-        } else {
-            match d.rng.range(0, 99) {
-                0..=3 => {
-                    starve = d.rng.range(5, 60);
-                    d.report.starve_phases += 1;
-                }
-                4..=39 => {}
-                40..=79 => {
-                    let n = d.rng.range(1, 4);
-                    d.post(n)?;
-                }
-                _ => d.post(usize::MAX)?,
-            }
-        }
-        used.clear();
-        d.rig.rx.take_used(&mut used)?;
-        for &(head, len) in &used {
-            let slot = d.poster.used(head)?;
-            d.pending.push_back(Used { head, len, slot });
-        }
-        while d.take_frame()? {}
-        if used.is_empty() {
-            if last_progress.elapsed() > STALL {
-                return Err(IntegrityError::Stalled {
-                    secs: STALL.as_secs(),
-                    state: d.state(injected),
-                });
-            }
-            if d.rng.chance(50) {
-                d.rig.rx.wait_used(1, Duration::from_millis(1))?;
-            }
-        } else {
-            last_progress = Instant::now();
-        }
-        if d.rng.chance(5) {
-            std::thread::sleep(Duration::from_micros(d.rng.range(10, 300) as u64));
-        }
-    }
-    d.report.seconds = start.elapsed().as_secs_f64();
-    // The tap is quiet now: the worker may not use anything more, nor touch the buffers it
-    // still holds.
-    std::thread::sleep(Duration::from_millis(100));
-    used.clear();
-    if d.rig.rx.take_used(&mut used)? > 0 || !d.pending.is_empty() {
-        return Err(violation(format!(
-            "after the last frame the device used {:?} more (head, len), {} entries were left \
-             over",
-            used,
-            d.pending.len()
-        )));
-    }
-    if d.rig.broken() {
-        return Err(IntegrityError::DeviceBroken(d.state(injected)));
-    }
-    let counters = link_counters(tap)?;
-    let dropped = counters.tx_dropped - counters_before.tx_dropped;
-    d.rig.stop();
-    d.report.kicks = d.rig.rx.kicks;
-    d.report.interrupts = d.rig.rx.interrupts;
-    if let Some(c) = d.shadow.changed_anywhere(&d.mem)? {
-        let poster = &d.poster;
-        let place = locate(&d.slots, c.addr, |s| {
-            if poster.holds(s) {
-                "posted and not used"
-            } else {
-                "free (restored after its frame)"
-            }
-        });
-        return Err(violation(format!(
-            "guest memory at {:#x} is {:#04x}, the driver left {:#04x} there ({} bytes changed \
-             in all): {place}",
-            c.addr, c.got, c.expected, c.count
-        )));
-    }
-    if dropped > 0 {
-        return Err(violation(format!(
-            "the tap dropped {dropped} frames though the injector kept at most {WINDOW} queued"
-        )));
-    }
-    Ok(d.report)
+    refused
 }
