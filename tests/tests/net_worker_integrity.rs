@@ -45,7 +45,21 @@ fn rx_case(mergeable: bool, indirect: bool, frames: usize, default_seed: u64) {
         seed: seed(default_seed),
     };
     match rx::run(TAP, &case) {
-        Ok(report) => eprintln!("{case:?}: {report:?}"),
+        Ok(report) => {
+            eprintln!("{case:?}: {report:?}");
+            // With EVENT_IDX the driver kicks at its first publish, then only when the worker
+            // ran dry and asked for a kick: more kicks mean the starve-and-refill path ran.
+            assert!(
+                report.kicks > 1 && report.starve_phases > 0,
+                "{case:?}: the RX ring never ran dry: {report:?}"
+            );
+            if mergeable {
+                assert!(
+                    report.max_num_buffers > 1,
+                    "{case:?}: no frame spanned buffers: {report:?}"
+                );
+            }
+        }
         Err(e) => panic!("{case:?}: {e}"),
     }
 }
