@@ -2,7 +2,8 @@
 //! private network namespace (root; no guest, no test host), driven by a synthetic driver in
 //! guest memory filled with a known pattern. RX with mergeable buffers and in big-packet mode,
 //! TX with malformed chains among good ones, each with and without indirect descriptors, and
-//! both directions at once on one worker.
+//! both directions at once on one worker. Guest RAM is two mappings, and some chains span the
+//! cut between them.
 //! Every frame must arrive once, in order, byte for byte, with the right num_buffers and used
 //! lengths; every head must come back once; no byte the device may not write may change.
 //! See tests/src/net_integrity for what is checked and how.
@@ -53,6 +54,10 @@ fn rx_case(mergeable: bool, indirect: bool, frames: usize, default_seed: u64) {
                 report.kicks > 1 && report.starve_phases > 0,
                 "{case:?}: the RX ring never ran dry: {report:?}"
             );
+            assert!(
+                report.across_cut > 0,
+                "{case:?}: no frame landed across the cut in guest RAM: {report:?}"
+            );
             if mergeable {
                 assert!(
                     report.max_num_buffers > 1,
@@ -82,6 +87,10 @@ fn tx_case(indirect: bool, frames: usize, default_seed: u64) {
                 "{case:?}: no malformed chain was sent"
             );
             assert!(report.gso_frames > 0, "{case:?}: no GSO frame was sent");
+            assert!(
+                report.across_cut > 0,
+                "{case:?}: no frame was sent across the cut in guest RAM: {report:?}"
+            );
         }
         Err(e) => panic!("{case:?}: {e}"),
     }

@@ -18,6 +18,14 @@ use crate::bench::net::ring::RingError;
 /// Ring size of both queues (Paddock's default).
 pub const QUEUE_SIZE: u16 = 256;
 pub const MEM_SIZE: usize = 16 << 20;
+/// Guest RAM is two mappings cut here, inside the buffers of both directions (RX slots start
+/// at DATA and take over a megabyte; TX slots take over three), so some chains span the cut.
+const REGION_CUT: u64 = 2 << 20;
+
+/// Whether `len` bytes at `addr` span the cut between the two mappings of guest RAM.
+pub(crate) fn spans_cut(addr: u64, len: u64) -> bool {
+    addr < REGION_CUT && addr + len > REGION_CUT
+}
 const RX_RING: u64 = 0;
 const TX_RING: u64 = 0x4000;
 /// Indirect descriptor tables, one per slot of buffers.
@@ -64,6 +72,7 @@ pub(crate) fn rig_spec(name: &'static str, refused: u64) -> RigSpec {
     RigSpec {
         name,
         mem_size: MEM_SIZE,
+        split_at: Some(REGION_CUT),
         queue_size: QUEUE_SIZE,
         rx_ring: RX_RING,
         tx_ring: TX_RING,

@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use super::chains::{locate, Buffer, ChainPoster, Slot};
 use super::memory::Shadow;
 use super::{
-    first_difference, frame, frame_seq, is_ipv4, random_frame_len, rig_spec, violation,
+    first_difference, frame, frame_seq, is_ipv4, random_frame_len, rig_spec, spans_cut, violation,
     IntegrityError, Rng, DATA, MAX_SLOTS, MEM_SIZE, QUEUE_SIZE,
 };
 use crate::bench::net::frames::vnet_header;
@@ -50,6 +50,8 @@ pub struct RxReport {
     pub starve_phases: u64,
     /// Frames that were not IPv4 (the namespace's own traffic), skipped.
     pub stray: u64,
+    /// Frames received in a chain with a buffer across the cut between guest RAM's mappings.
+    pub across_cut: u64,
     pub kicks: u64,
     pub interrupts: u64,
     pub seconds: f64,
@@ -231,6 +233,15 @@ impl RxDriver {
             self.report.stray += 1;
         }
         self.report.used_entries += entries.len() as u64;
+        let slots = &self.slots;
+        if entries.iter().any(|e| {
+            slots[e.slot]
+                .buffers
+                .iter()
+                .any(|b| spans_cut(b.addr, u64::from(b.len)))
+        }) {
+            self.report.across_cut += 1;
+        }
         self.report.max_num_buffers = self.report.max_num_buffers.max(num_buffers);
         for e in entries {
             for b in &self.slots[e.slot].buffers {

@@ -16,7 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use super::chains::{locate, Buffer, ChainPoster, Slot};
 use super::memory::Shadow;
 use super::{
-    first_difference, frame, frame_seq, is_ipv4, random_frame_len, rig_spec, violation,
+    first_difference, frame, frame_seq, is_ipv4, random_frame_len, rig_spec, spans_cut, violation,
     IntegrityError, Rng, DATA, MAX_SLOTS, MEM_SIZE, QUEUE_SIZE,
 };
 use crate::bench::net::frames::vnet_header;
@@ -52,6 +52,8 @@ pub struct TxReport {
     pub gso_frames: usize,
     pub malformed: usize,
     pub stray: u64,
+    /// Good frames sent from a chain with a buffer across the cut between guest RAM's mappings.
+    pub across_cut: usize,
     pub seconds: f64,
 }
 
@@ -253,7 +255,14 @@ impl TxDriver {
                             dropped_seqs.insert(seq, kind);
                             report.malformed += 1;
                         }
-                        None => expected.push_back(Expected { seq, len, gso }),
+                        None => {
+                            let across = slots[slot]
+                                .buffers
+                                .iter()
+                                .any(|b| spans_cut(b.addr, u64::from(b.len)));
+                            report.across_cut += usize::from(across);
+                            expected.push_back(Expected { seq, len, gso })
+                        }
                     }
                 }
                 poster.publish(ring)?;

@@ -36,6 +36,9 @@ pub struct RigSpec {
     pub name: &'static str,
     /// Guest RAM, from address 0.
     pub mem_size: usize,
+    /// Where guest RAM is cut into two separately mapped regions (contiguous in guest
+    /// addresses, not in the VMM's), so a buffer across the cut maps to two host pieces.
+    pub split_at: Option<u64>,
     pub queue_size: u16,
     pub rx_ring: u64,
     pub tx_ring: u64,
@@ -62,9 +65,16 @@ impl VectorInterrupts for EventFdVectors {
     }
 }
 
-/// Anonymous guest RAM of `size` bytes at address 0.
-pub fn memory(size: usize) -> Result<GuestMemoryMmap, RigError> {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| RigError::Memory {
+/// Anonymous guest RAM of `size` bytes at address 0, in two regions if `split_at` says where.
+pub fn memory(size: usize, split_at: Option<u64>) -> Result<GuestMemoryMmap, RigError> {
+    let ranges = match split_at {
+        Some(cut) if cut > 0 && (cut as usize) < size => vec![
+            (GuestAddress(0), cut as usize),
+            (GuestAddress(cut), size - cut as usize),
+        ],
+        _ => vec![(GuestAddress(0), size)],
+    };
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| RigError::Memory {
         size,
         why: e.to_string(),
     })
@@ -94,7 +104,7 @@ impl Rig {
                 size: spec.mem_size,
             });
         }
-        let mem = memory(spec.mem_size)?;
+        let mem = memory(spec.mem_size, spec.split_at)?;
         let mut net = Net::new(
             NetConfig {
                 mac: [0x02, 0, 0, 0, 0, 0x01],

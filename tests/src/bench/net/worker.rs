@@ -184,7 +184,7 @@ impl Window {
 }
 
 fn memory() -> Result<GuestMemoryMmap, WorkerBenchError> {
-    Ok(rig::memory(MEM_SIZE)?)
+    Ok(rig::memory(MEM_SIZE, None)?)
 }
 
 /// Where TX frame `slot` lives: its 12-byte header followed by the frame, split into page-sized
@@ -250,6 +250,7 @@ impl Drop for Unpin<'_> {
 const RIG: RigSpec = RigSpec {
     name: RIG_NAME,
     mem_size: MEM_SIZE,
+    split_at: None,
     queue_size: QUEUE_SIZE,
     rx_ring: RX_RING,
     tx_ring: TX_RING,
