@@ -38,6 +38,8 @@ wait_for() { i=0; while [ $i -lt 3000 ]; do grep -q "$1" "$2" 2>/dev/null && ret
 /// summary line (`sender`/`receiver`) is tagged with the direction it measured.
 const GUEST_COMMAND: &str = "ip addr add 192.168.100.2/24 dev eth0; ip link set eth0 up; \
 echo queues=\\$(ls /sys/class/net/eth0/queues); \
+echo features=\\$(cat /sys/class/net/eth0/device/features); \
+echo tso=\\$(ethtool -k eth0 | awk '/^tcp-segmentation-offload/{print \\$2}'); \
 grep virtio /proc/interrupts | sed 's/^/irq /'; \
 ping -c 3 -W 5 192.168.100.1; echo ping_status=\\$?; \
 iperf3 -c 192.168.100.1 -t 2 -f k | grep -E 'sender|receiver' | sed 's/^/to_l1 /'; \
@@ -140,6 +142,32 @@ fn two_queue_pairs_carry_traffic_both_ways_and_bad_taps_are_refused() {
     expect(
         queues == ["rx-0", "rx-1", "tx-0", "tx-1"],
         "eth0 must have 2 RX and 2 TX queues",
+        r,
+    );
+    // The guest driver's negotiated features, bit N at character N.
+    let features = field(r, "features=").unwrap_or_default();
+    eprintln!("net: guest features {features}, tso {:?}", field(r, "tso="));
+    for (bit, name) in [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (7, "GUEST_TSO4"),
+        (11, "HOST_TSO4"),
+        (15, "MRG_RXBUF"),
+        (17, "CTRL_VQ"),
+        (22, "MQ"),
+        (28, "RING_INDIRECT_DESC"),
+        (29, "RING_EVENT_IDX"),
+        (32, "VERSION_1"),
+    ] {
+        expect(
+            features.as_bytes().get(bit) == Some(&b'1'),
+            &format!("the guest must negotiate {name} (bit {bit}) in {features:?}"),
+            r,
+        );
+    }
+    expect(
+        field(r, "tso=") == Some("on"),
+        "the guest must send TCP segmentation offloaded (ethtool -k: tcp-segmentation-offload on)",
         r,
     );
     let irqs: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("irq ")).collect();
