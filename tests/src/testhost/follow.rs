@@ -161,6 +161,10 @@ pub struct Followed {
 }
 
 const LOCKUP: &str = "soft lockup";
+/// L1's kernel died. Nothing Paddock does as a process can panic a kernel; under TCG's emulated
+/// SVM the L1 kernel has died in its own KVM code while running a guest (stack guard page hit
+/// in a vCPU thread), so like a stall this is the test host failing and gets a fresh boot.
+const L1_PANIC: &str = "Kernel panic - not syncing";
 
 /// Follows `proc` until the scenario ends, a deadline passes or the process dies.
 /// `results` carries the markers; `console` (test host only) the L1 kernel log.
@@ -179,6 +183,7 @@ pub fn follow(
     let mut progress = Progress::default();
     let mut last_lines: VecDeque<String> = VecDeque::new();
     let mut lockup_at: Option<Instant> = None;
+    let mut l1_panic: Option<String> = None;
     let mut last_progress = Instant::now();
     let mut ended_at: Option<Instant> = None;
     let mut exited = false;
@@ -204,6 +209,9 @@ pub fn follow(
             for l in t.lines().unwrap_or_default() {
                 if l.contains(LOCKUP) && lockup_at.is_none() {
                     lockup_at = Some(now);
+                }
+                if l.contains(L1_PANIC) && l1_panic.is_none() {
+                    l1_panic = Some(l.trim().to_string());
                 }
                 last_lines.push_back(l);
                 if last_lines.len() > 40 {
@@ -238,6 +246,11 @@ pub fn follow(
                 };
             }
         } else if exited {
+            if let Some(line) = &l1_panic {
+                break Ending::Stalled {
+                    why: format!("the L1 kernel panicked: {line}"),
+                };
+            }
             let errors = progress.scenario_errors.join("; ");
             let at = match &progress.running {
                 Some((name, _)) => format!(" during check {name}"),
@@ -366,6 +379,32 @@ mod tests {
             "{:?}",
             f.ending
         );
+    }
+
+    #[test]
+    fn l1_kernel_panic_during_a_check_is_a_stall() {
+        let d = tempfile::tempdir().unwrap();
+        let (res, con) = (d.path().join("r"), d.path().join("c"));
+        std::fs::write(&res, "@@PADDOCK-L1-READY kvm=yes cpus=2 mem_kb=1\n@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n").unwrap();
+        std::fs::write(
+            &con,
+            "[ 68.5] BUG: TASK stack guard page was hit at 0000000049bdb136\n[ 68.6] Kernel panic - not syncing: corrupted stack end detected inside scheduler\n",
+        )
+        .unwrap();
+        let checks = [Check::new("a", RunAs::User, Duration::from_secs(100), "x").unwrap()];
+        // QEMU runs with -no-reboot: after the panic the process is gone.
+        let gone = ChildGuard::new(Command::new("true").spawn().unwrap(), "true");
+        let f = follow(&mut { gone }, &res, Some(&con), &checks, &quick(), true);
+        assert!(
+            matches!(f.ending, Ending::Stalled { ref why } if why.contains("corrupted stack end")),
+            "{:?}",
+            f.ending
+        );
+        // Without the panic line the same early exit is a failure (covered below too).
+        std::fs::write(&con, "[ 5.0] kvm: some harmless line\n").unwrap();
+        let gone = ChildGuard::new(Command::new("true").spawn().unwrap(), "true");
+        let f = follow(&mut { gone }, &res, Some(&con), &checks, &quick(), true);
+        assert!(matches!(f.ending, Ending::Failed { .. }), "{:?}", f.ending);
     }
 
     #[test]

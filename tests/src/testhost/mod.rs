@@ -66,7 +66,7 @@ pub enum TestHostError {
         #[source]
         source: io::Error,
     },
-    #[error("L1 STALL, not a Paddock failure: the KVM test host stalled on {attempts} fresh boots ({why}); this is the known QEMU TCG soft-lockup of L1 guests: rerun the test. Logs: {logs}")]
+    #[error("L1 STALL, not a Paddock failure: the KVM test host stalled or its kernel panicked on {attempts} fresh boots ({why}); these are the known failures of L1 under QEMU TCG: rerun the test. Logs: {logs}")]
     L1Stalled {
         attempts: u32,
         why: String,
