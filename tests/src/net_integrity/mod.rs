@@ -12,8 +12,9 @@ pub mod tx;
 
 use crate::bench::net::frames::{is_test_frame, tcp_frame};
 use crate::bench::net::netns::NetnsError;
-use crate::bench::net::rig::{RigError, RigSpec};
+use crate::bench::net::rig::{Rig, RigError, RigSpec};
 use crate::bench::net::ring::RingError;
+use devices::virtio::{feature, F_RING_INDIRECT_DESC};
 
 /// Ring size of both queues (Paddock's default).
 pub const QUEUE_SIZE: u16 = 256;
@@ -78,6 +79,26 @@ pub(crate) fn rig_spec(name: &'static str, refused: u64) -> RigSpec {
         tx_ring: TX_RING,
         refused,
     }
+}
+
+/// The feature bits a driver refuses to say it takes no indirect descriptors (none if it does).
+pub(crate) fn refuse_indirect_unless(wanted: bool) -> u64 {
+    if wanted {
+        0
+    } else {
+        feature(F_RING_INDIRECT_DESC)
+    }
+}
+
+/// Whether the rig acked indirect descriptors; an error when the case wants them and it did not.
+pub(crate) fn indirect_acked(rig: &Rig, wanted: bool) -> Result<bool, IntegrityError> {
+    let acked = rig.acked & feature(F_RING_INDIRECT_DESC) != 0;
+    if wanted && !acked {
+        return Err(violation(
+            "the device does not offer VIRTIO_RING_F_INDIRECT_DESC".to_string(),
+        ));
+    }
+    Ok(acked)
 }
 
 /// The indirect table of slot `slot`.

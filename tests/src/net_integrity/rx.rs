@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use devices::virtio::net::device::F_MRG_RXBUF;
 use devices::virtio::net::VNET_HDR_LEN;
-use devices::virtio::{feature, VirtioInterrupt, F_RING_INDIRECT_DESC};
+use devices::virtio::{feature, VirtioInterrupt};
 use vm_memory::GuestMemoryMmap;
 
 use super::chains::{locate, Buffer, ChainPoster, Slot};
 use super::memory::Shadow;
 use super::{
-    first_difference, frame, frame_seq, is_ipv4, random_frame_len, rig_spec, spans_cut, violation,
-    IntegrityError, Rng, DATA, MAX_SLOTS, MEM_SIZE, QUEUE_SIZE,
+    first_difference, frame, frame_seq, indirect_acked, is_ipv4, random_frame_len,
+    refuse_indirect_unless, rig_spec, spans_cut, violation, IntegrityError, Rng, DATA, MAX_SLOTS,
+    MEM_SIZE, QUEUE_SIZE,
 };
 use crate::bench::net::frames::vnet_header;
 use crate::bench::net::netns::{link_counters, PacketInjector};
@@ -327,12 +328,7 @@ impl RxDriver {
         first_table: usize,
         tap: &str,
     ) -> Result<Self, IntegrityError> {
-        let indirect = rig.acked & feature(F_RING_INDIRECT_DESC) != 0;
-        if case.indirect && !indirect {
-            return Err(violation(
-                "the device does not offer VIRTIO_RING_F_INDIRECT_DESC".to_string(),
-            ));
-        }
+        let indirect = indirect_acked(rig, case.indirect)?;
         let mem = rig.mem.clone();
         let shadow = Shadow::new(&mem, region.start, region.end)?;
         let mut rng = Rng::new(case.seed);
@@ -493,12 +489,9 @@ pub fn run(tap: &str, case: &RxCase) -> Result<RxReport, IntegrityError> {
 
 /// Features the driver of `case` does not ack.
 pub fn refused(case: &RxCase) -> u64 {
-    let mut refused = 0;
+    let mut refused = refuse_indirect_unless(case.indirect);
     if !case.mergeable {
         refused |= feature(F_MRG_RXBUF);
-    }
-    if !case.indirect {
-        refused |= feature(F_RING_INDIRECT_DESC);
     }
     refused
 }

@@ -10,14 +10,15 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use devices::virtio::net::VNET_HDR_LEN;
-use devices::virtio::{feature, VirtioInterrupt, F_RING_INDIRECT_DESC};
+use devices::virtio::VirtioInterrupt;
 use vm_memory::GuestMemoryMmap;
 
 use super::chains::{locate, Buffer, ChainPoster, Slot};
 use super::memory::Shadow;
 use super::{
-    first_difference, frame, frame_seq, is_ipv4, random_frame_len, rig_spec, spans_cut, violation,
-    IntegrityError, Rng, DATA, MAX_SLOTS, MEM_SIZE, QUEUE_SIZE,
+    first_difference, frame, frame_seq, indirect_acked, is_ipv4, random_frame_len,
+    refuse_indirect_unless, rig_spec, spans_cut, violation, IntegrityError, Rng, DATA, MAX_SLOTS,
+    MEM_SIZE, QUEUE_SIZE,
 };
 use crate::bench::net::frames::vnet_header;
 use crate::bench::net::netns::{link_counters, LinkCounters, PacketReceiver};
@@ -124,12 +125,7 @@ impl TxDriver {
         first_table: usize,
         tap: &str,
     ) -> Result<Self, IntegrityError> {
-        let indirect = rig.acked & feature(F_RING_INDIRECT_DESC) != 0;
-        if case.indirect && !indirect {
-            return Err(violation(
-                "the device does not offer VIRTIO_RING_F_INDIRECT_DESC".to_string(),
-            ));
-        }
+        let indirect = indirect_acked(rig, case.indirect)?;
         if region.start + SLOTS as u64 * SLOT_BYTES > region.end || first_table + SLOTS > MAX_SLOTS
         {
             return Err(violation(format!(
@@ -403,11 +399,7 @@ impl TxDriver {
 /// Runs the case alone on the tap `tap` (in this thread's private namespace), checking the
 /// whole of guest memory past the rings.
 pub fn run(tap: &str, case: &TxCase) -> Result<TxReport, IntegrityError> {
-    let refused = if case.indirect {
-        0
-    } else {
-        feature(F_RING_INDIRECT_DESC)
-    };
+    let refused = refuse_indirect_unless(case.indirect);
     let mut rig = Rig::new(tap, &rig_spec("integrity-tx", refused))?;
     let mut driver = TxDriver::new(case, &rig, DATA..MEM_SIZE as u64, 0, tap)?;
     driver.drive(&mut rig.tx, tap)?;

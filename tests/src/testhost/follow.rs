@@ -335,6 +335,14 @@ mod tests {
         ChildGuard::new(Command::new("sleep").arg("60").spawn().unwrap(), "sleep")
     }
 
+    /// results.log of a ready L1 whose scenario is running check `a`.
+    const CHECK_A_RUNNING: &str =
+        "@@PADDOCK-L1-READY kvm=yes cpus=2 mem_kb=1\n@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n";
+
+    fn check_a() -> [Check; 1] {
+        [Check::new("a", RunAs::User, Duration::from_secs(100), "x").unwrap()]
+    }
+
     fn quick() -> Limits {
         Limits {
             ready: Duration::from_secs(2),
@@ -348,13 +356,13 @@ mod tests {
     fn soft_lockup_without_progress_is_a_stall_and_the_process_is_killed() {
         let d = tempfile::tempdir().unwrap();
         let (res, con) = (d.path().join("r"), d.path().join("c"));
-        std::fs::write(&res, "@@PADDOCK-L1-READY kvm=yes cpus=2 mem_kb=1\n@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n").unwrap();
+        std::fs::write(&res, CHECK_A_RUNNING).unwrap();
         std::fs::write(
             &con,
             "[ 30.1] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [sh:99]\n",
         )
         .unwrap();
-        let checks = [Check::new("a", RunAs::User, Duration::from_secs(100), "x").unwrap()];
+        let checks = check_a();
         let mut p = sleeper();
         let f = follow(&mut p, &res, Some(&con), &checks, &quick(), true);
         assert!(matches!(f.ending, Ending::Stalled { .. }), "{:?}", f.ending);
@@ -369,9 +377,9 @@ mod tests {
     fn heartbeat_silence_during_a_check_is_a_stall_without_any_lockup_line() {
         let d = tempfile::tempdir().unwrap();
         let (res, con) = (d.path().join("r"), d.path().join("c"));
-        std::fs::write(&res, "@@PADDOCK-L1-READY kvm=yes cpus=2 mem_kb=1\n@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n").unwrap();
+        std::fs::write(&res, CHECK_A_RUNNING).unwrap();
         std::fs::write(&con, "[ 5.0] kvm: some harmless line\n").unwrap();
-        let checks = [Check::new("a", RunAs::User, Duration::from_secs(100), "x").unwrap()];
+        let checks = check_a();
         let mut p = sleeper();
         let f = follow(&mut p, &res, Some(&con), &checks, &quick(), true);
         assert!(
@@ -385,13 +393,13 @@ mod tests {
     fn l1_kernel_panic_during_a_check_is_a_stall() {
         let d = tempfile::tempdir().unwrap();
         let (res, con) = (d.path().join("r"), d.path().join("c"));
-        std::fs::write(&res, "@@PADDOCK-L1-READY kvm=yes cpus=2 mem_kb=1\n@@SCENARIO-BEGIN s checks=1\n@@CHECK-BEGIN a\n").unwrap();
+        std::fs::write(&res, CHECK_A_RUNNING).unwrap();
         std::fs::write(
             &con,
             "[ 68.5] BUG: TASK stack guard page was hit at 0000000049bdb136\n[ 68.6] Kernel panic - not syncing: corrupted stack end detected inside scheduler\n",
         )
         .unwrap();
-        let checks = [Check::new("a", RunAs::User, Duration::from_secs(100), "x").unwrap()];
+        let checks = check_a();
         // QEMU runs with -no-reboot: after the panic the process is gone.
         let gone = ChildGuard::new(Command::new("true").spawn().unwrap(), "true");
         let f = follow(&mut { gone }, &res, Some(&con), &checks, &quick(), true);

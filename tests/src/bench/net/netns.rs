@@ -125,54 +125,12 @@ pub struct PacketInjector {
 
 impl PacketInjector {
     pub fn open(name: &str) -> Result<Self, NetnsError> {
-        let err = |what: &'static str| NetnsError::Socket {
-            name: name.to_string(),
-            what,
-            source: io::Error::last_os_error(),
-        };
         // Protocol 0: the socket receives nothing, it only sends.
-        // SAFETY: plain socket creation; the result is checked.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(err("socket"));
-        }
-        // SAFETY: `raw` is a new descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        for (opt, what) in [
-            (PACKET_VNET_HDR, "PACKET_VNET_HDR"),
-            // Straight to the driver: no qdisc between the socket and the tap's queue.
-            (PACKET_QDISC_BYPASS, "PACKET_QDISC_BYPASS"),
-        ] {
-            // SAFETY: an int option, passed with its size.
-            let ret = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    SOL_PACKET,
-                    opt,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as u32,
-                )
-            };
-            if ret < 0 {
-                return Err(err(what));
-            }
-        }
-        let cname = std::ffi::CString::new(name).map_err(|_| NetnsError::Socket {
-            name: name.to_string(),
-            what: "interface name",
-            source: io::Error::from(io::ErrorKind::InvalidInput),
-        })?;
-        // SAFETY: reads a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(err("if_nametoindex"));
-        }
-        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-        addr.sll_ifindex = ifindex as i32;
+        let (fd, ifindex) = vnet_packet_socket(name, 0, 0)?;
+        // Straight to the driver: no qdisc between the socket and the tap's queue.
+        set_int_opt(&fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            .map_err(|e| socket_error(name, "PACKET_QDISC_BYPASS", e))?;
+        let mut addr = link_address(ifindex, (libc::ETH_P_IP as u16).to_be());
         addr.sll_halen = 6;
         Ok(Self { fd, addr })
     }
@@ -213,6 +171,60 @@ impl PacketInjector {
         }
         Ok(ret as usize)
     }
+}
+
+fn socket_error(name: &str, what: &'static str, source: io::Error) -> NetnsError {
+    NetnsError::Socket {
+        name: name.to_string(),
+        what,
+        source,
+    }
+}
+
+/// An AF_PACKET socket for `protocol` (network order; 0 receives nothing) whose frames carry a
+/// `virtio_net_hdr`, and the index of interface `name`.
+fn vnet_packet_socket(
+    name: &str,
+    protocol: u16,
+    flags: libc::c_int,
+) -> Result<(OwnedFd, libc::c_int), NetnsError> {
+    // SAFETY: plain socket creation; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            libc::c_int::from(protocol),
+        )
+    };
+    if raw < 0 {
+        return Err(socket_error(name, "socket", io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a new descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_int_opt(&fd, SOL_PACKET, PACKET_VNET_HDR, 1)
+        .map_err(|e| socket_error(name, "PACKET_VNET_HDR", e))?;
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| socket_error(name, "interface name", io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: reads a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(socket_error(
+            name,
+            "if_nametoindex",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok((fd, ifindex as libc::c_int))
+}
+
+/// The link-layer address of interface `ifindex` for `protocol` (network order).
+fn link_address(ifindex: libc::c_int, protocol: u16) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol;
+    addr.sll_ifindex = ifindex;
+    addr
 }
 
 /// Sets an int socket option.
@@ -260,41 +272,12 @@ const RECEIVE_MAX: usize = 10 + 65550 + 64;
 impl PacketReceiver {
     /// `rcvbuf`: the socket's receive buffer in bytes (set past the system limit, as root).
     pub fn open(name: &str, rcvbuf: usize) -> Result<Self, NetnsError> {
-        let err = |what: &'static str, source: io::Error| NetnsError::Socket {
-            name: name.to_string(),
-            what,
-            source,
-        };
         let all = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket creation; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::c_int::from(all),
-            )
-        };
-        if raw < 0 {
-            return Err(err("socket", io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a new descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        set_int_opt(&fd, SOL_PACKET, PACKET_VNET_HDR, 1).map_err(|e| err("PACKET_VNET_HDR", e))?;
+        let (fd, ifindex) = vnet_packet_socket(name, all, libc::SOCK_NONBLOCK)?;
         let rcvbuf = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcvbuf)
-            .map_err(|e| err("SO_RCVBUFFORCE", e))?;
-        let cname = std::ffi::CString::new(name)
-            .map_err(|_| err("interface name", io::ErrorKind::InvalidInput.into()))?;
-        // SAFETY: reads a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(err("if_nametoindex", io::Error::last_os_error()));
-        }
-        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = all;
-        addr.sll_ifindex = ifindex as i32;
+            .map_err(|e| socket_error(name, "SO_RCVBUFFORCE", e))?;
+        let addr = link_address(ifindex, all);
         // SAFETY: binds to a sockaddr_ll passed with its size.
         let ret = unsafe {
             libc::bind(
@@ -304,7 +287,7 @@ impl PacketReceiver {
             )
         };
         if ret < 0 {
-            return Err(err("bind", io::Error::last_os_error()));
+            return Err(socket_error(name, "bind", io::Error::last_os_error()));
         }
         Ok(Self {
             fd,
